@@ -1,0 +1,70 @@
+"""Shared test fixtures.
+
+* ``vectors_dir``: ``../shared/vectors`` from the project root; tests that need it skip
+  with that reason when it is absent (CI always has it, see ``tests/test_vectors_present``).
+* ``vector_count``: ``vector_count("wycheproof mlkem_768_test.json", n)`` records how many
+  external cases a test checked; the totals are printed at the end of the run.
+* ``rng``: a deterministic ``rng(n) -> bytes`` for sans-IO cores.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from collections import Counter
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VECTORS = ROOT.parent / "shared" / "vectors"
+_COUNTS: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> pathlib.Path:
+    if not VECTORS.is_dir():
+        pytest.skip(f"external vectors not found at {VECTORS} (CI has them there)")
+    return VECTORS
+
+
+@pytest.fixture
+def vector_count():
+    def record(name: str, n: int) -> None:
+        assert n > 0, f"{name}: no vector cases were checked"
+        _COUNTS[name] += n
+
+    return record
+
+
+class DeterministicRng:
+    """A counter-mode SHA-256 stream: reproducible ``rng(n) -> bytes`` for tests."""
+
+    def __init__(self, seed: bytes = b"qudag-test") -> None:
+        self._seed = seed
+        self._ctr = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(self._seed + self._ctr.to_bytes(8, "big")).digest()
+            self._ctr += 1
+        return out[:n]
+
+
+@pytest.fixture
+def rng() -> DeterministicRng:
+    return DeterministicRng()
+
+
+def pytest_report_header(config):
+    import qudag_core
+
+    return [f"qudag_core.COMPILED={qudag_core.COMPILED} (QUDAG_NO_EXTENSIONS={os.environ.get('QUDAG_NO_EXTENSIONS', '')})"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _COUNTS:
+        return
+    terminalreporter.section("external vector cases checked")
+    for name in sorted(_COUNTS):
+        terminalreporter.write_line(f"{_COUNTS[name]:6d}  {name}")
