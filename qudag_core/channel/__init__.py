@@ -1,0 +1,1 @@
+"""The AEAD-framed secure channel that follows the handshake (docs/channel.md).  Sans-IO."""

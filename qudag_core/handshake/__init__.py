@@ -1,0 +1,1 @@
+"""The hybrid post-quantum authenticated handshake (docs/handshake.md).  Sans-IO."""
