@@ -28,7 +28,7 @@ deps:
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 
 $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h) $(shell find qudag_core -name '*.py' -o -name '*.pxd' 2>/dev/null)
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'

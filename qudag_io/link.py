@@ -1,0 +1,359 @@
+"""TCP adapter for the qudag link core (handshake + secure channel), on uvloop or asyncio.
+
+The adapter is deliberately thin (STYLE.md §11, after aioquic ``asyncio/protocol.py``):
+bytes from the socket go to ``Link.receive_data``, the events that come back are
+dispatched, and ``_transmit`` writes everything the core has pending and re-arms one
+``call_at`` timer from ``Link.get_timer()``.  All protocol decisions (handshake timeout,
+keepalive, idle close, rekeying) live in the core, which makes them testable without
+sockets.
+
+Backpressure both ways: ``Connection.send`` waits while the transport's write buffer is
+above its high-water mark; when the application falls behind on ``recv`` the queue of
+received messages is bounded and the socket stops being read until it drains.
+
+Public API::
+
+    async with await qudag_io.connect(host, port, identity=me, peer_certificate=cert) as conn:
+        await conn.send(b"hello")
+        reply = await conn.recv()
+
+    server = await qudag_io.listen(host, port, identity=me, handler=serve)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import Any, Awaitable, Callable, Optional
+
+from qudag_core.identity import Identity, NodeCertificate, NodeId
+from qudag_core.link import Established, Link, LinkConfig, MessageReceived, ResponderContext, Terminated
+
+__all__ = ["Connection", "ConnectionClosed", "Listener", "connect", "listen"]
+
+log = logging.getLogger("qudag.link")
+
+#: Messages buffered for a slow reader before the socket is paused.
+RECV_QUEUE_HIGH = 256
+RECV_QUEUE_LOW = 64
+
+
+class ConnectionClosed(Exception):
+    """The link ended; ``error_code``/``reason`` say why, ``by_peer`` who ended it."""
+
+    def __init__(self, error_code: int, reason: str, by_peer: bool) -> None:
+        super().__init__(f"link closed ({'peer' if by_peer else 'local'}): code {error_code}: {reason}")
+        self.error_code = error_code
+        self.reason = reason
+        self.by_peer = by_peer
+
+
+class _LinkProtocol(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop, make_core: Callable[[Any, float], Link]) -> None:
+        self._loop = loop
+        self._make_core = make_core
+        self.core: Optional[Link] = None
+        self.transport: Optional[asyncio.Transport] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at: Optional[float] = None
+        self.established: asyncio.Future[Established] = loop.create_future()
+        self.messages: deque[bytes] = deque()
+        self._recv_waiter: Optional[asyncio.Future[None]] = None
+        self._drain_waiter: Optional[asyncio.Future[None]] = None
+        self._write_paused = False
+        self._read_paused = False
+        self.closed: Optional[ConnectionClosed] = None
+        self.closed_event = asyncio.Event()
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.core = self._make_core(transport.get_extra_info("peername"), self._loop.time())
+        self._transmit()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.core is not None
+        self._process(self.core.receive_data(data, self._loop.time()))
+        self._transmit()
+
+    def eof_received(self) -> Optional[bool]:
+        return False
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.core is not None:
+            self._process(self.core.connection_lost(self._loop.time()))
+        self._finish(ConnectionClosed(0, f"transport lost: {exc!r}" if exc else "transport closed", True))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # -- core driving ----------------------------------------------------------
+    def _process(self, events: list) -> None:
+        for ev in events:
+            if isinstance(ev, MessageReceived):
+                self.messages.append(ev.data)
+                if len(self.messages) >= RECV_QUEUE_HIGH and not self._read_paused and self.transport:
+                    self.transport.pause_reading()
+                    self._read_paused = True
+                if self._recv_waiter is not None and not self._recv_waiter.done():
+                    self._recv_waiter.set_result(None)
+            elif isinstance(ev, Established):
+                if not self.established.done():
+                    self.established.set_result(ev)
+            elif isinstance(ev, Terminated):
+                self._finish(ConnectionClosed(ev.error_code, ev.reason, ev.by_peer))
+
+    def _finish(self, closed: ConnectionClosed) -> None:
+        if self.closed is None:
+            self.closed = closed
+            log.debug("link closed: %s", closed)
+        if not self.established.done():
+            self.established.set_exception(closed)
+        if self._recv_waiter is not None and not self._recv_waiter.done():
+            self._recv_waiter.set_result(None)
+        self.closed_event.set()
+
+    def _transmit(self) -> None:
+        core, transport = self.core, self.transport
+        if core is None or transport is None:
+            return
+        data = core.data_to_send()
+        if data and not transport.is_closing():
+            transport.write(data)
+        if core.is_closed:
+            if not transport.is_closing():
+                transport.close()
+            return
+        when = core.get_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is None:
+            return
+        self._process(self.core.handle_timer(self._loop.time()))
+        self._transmit()
+
+    def _wake_drain(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- used by Connection ----------------------------------------------------
+    async def wait_message(self) -> bytes:
+        while not self.messages:
+            if self.closed is not None:
+                raise self.closed
+            self._recv_waiter = self._loop.create_future()
+            try:
+                await self._recv_waiter
+            finally:
+                self._recv_waiter = None
+        msg = self.messages.popleft()
+        if self._read_paused and len(self.messages) <= RECV_QUEUE_LOW and self.transport:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return msg
+
+    async def drain(self) -> None:
+        while self._write_paused and self.closed is None:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def send(self, data: bytes) -> None:
+        if self.closed is not None:
+            raise self.closed
+        assert self.core is not None
+        self.core.send_message(data, self._loop.time())
+        self._transmit()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.core is not None and self.closed is None:
+            self.core.close(code, reason, self._loop.time())
+            self._transmit()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class Connection:
+    """An established, authenticated link to one peer."""
+
+    def __init__(self, protocol: _LinkProtocol, established: Established) -> None:
+        self._p = protocol
+        self.peer_node_id: NodeId = established.peer_node_id
+        self.peer_certificate: NodeCertificate = established.peer_certificate
+        self.session_id: bytes = established.session_id
+        assert protocol.transport is not None
+        self.remote_address = protocol.transport.get_extra_info("peername")
+        self.local_address = protocol.transport.get_extra_info("sockname")
+
+    async def send(self, data: bytes) -> None:
+        """Queue one message; waits while the socket's write buffer is full."""
+        self._p.send(data)
+        await self._p.drain()
+
+    async def recv(self) -> bytes:
+        """The next message, in order; ``ConnectionClosed`` once the link has ended."""
+        return await self._p.wait_message()
+
+    async def close(self, code: int = 0, reason: str = "", *, timeout: float = 5.0) -> None:
+        """Send an authenticated close and wait (bounded) for the transport to end."""
+        self._p.close(code, reason)
+        try:
+            await asyncio.wait_for(self._p.closed_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            if self._p.transport is not None:
+                self._p.transport.abort()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._p.closed is not None
+
+    def __aiter__(self) -> "Connection":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    peer_certificate: Optional[NodeCertificate] = None,
+    expected_peer_id: Optional[NodeId] = None,
+    config: Optional[LinkConfig] = None,
+    timeout: float = 10.0,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> Connection:
+    """Dial ``host:port``, run the post-quantum handshake and return the link.
+
+    ``peer_certificate`` (when known) lets the handshake start at once and hides our
+    identity; ``expected_peer_id`` makes the handshake fail unless the peer proves it.
+    """
+    loop = asyncio.get_running_loop()
+    cfg = config or LinkConfig()
+
+    def make_core(peer: Any, now: float) -> Link:
+        return Link.initiator(
+            identity=identity,
+            peer_certificate=peer_certificate,
+            expected_peer_id=expected_peer_id,
+            config=cfg,
+            rng=rng,
+            now=now,
+        )
+
+    transport, protocol = await asyncio.wait_for(
+        loop.create_connection(lambda: _LinkProtocol(loop, make_core), host, port), timeout
+    )
+    try:
+        established = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
+    except BaseException:
+        transport.abort()
+        raise
+    return Connection(protocol, established)
+
+
+class Listener:
+    """A listening socket whose accepted links are handed to ``handler``."""
+
+    def __init__(self, server: asyncio.AbstractServer, tasks: set[asyncio.Task[Any]]) -> None:
+        self._server = server
+        self._tasks = tasks
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> "Listener":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def listen(
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    handler: Callable[[Connection], Awaitable[None]],
+    context: Optional[ResponderContext] = None,
+    config: Optional[LinkConfig] = None,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> Listener:
+    """Accept links on ``host:port``; each established link runs ``handler(conn)``.
+
+    Handshakes that fail or time out never reach the handler.  One ``ResponderContext``
+    (static keys, certificate cache, cookie secret) is shared by every accepted link.
+    """
+    loop = asyncio.get_running_loop()
+    cfg = config or LinkConfig()
+    ctx = context or ResponderContext(identity=identity, config=cfg, rng=rng, now=loop.time())
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(protocol: _LinkProtocol) -> None:
+        try:
+            established = await protocol.established
+        except ConnectionClosed as exc:
+            log.debug("inbound handshake failed: %s", exc)
+            return
+        conn = Connection(protocol, established)
+        try:
+            await handler(conn)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("link handler failed")
+        finally:
+            if not conn.is_closed:
+                await conn.close()
+
+    def factory() -> _LinkProtocol:
+        def make_core(peer: Any, now: float) -> Link:
+            return Link.responder(context=ctx, peer_address=peer, config=cfg, rng=rng, now=now)
+
+        p = _LinkProtocol(loop, make_core)
+        t = loop.create_task(run(p))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+        return p
+
+    server = await loop.create_server(factory, host, port)
+    return Listener(server, tasks)
