@@ -8,10 +8,11 @@ and the directory ``fsync``-ed.  Without ``overwrite=True`` the move is a ``link
 which fails atomically if the target exists (``FileExistsError``); filesystems without
 hard links fall back to an existence check before ``rename()``.
 
-Reading refuses, like ssh does for private keys, a keystore that is not a regular file
-owned by us or that group or others can access (``InsecureKeystoreFile``, naming the
-path and mode and how to fix it).  ``insecure_ok=True`` reads it anyway and logs a
-warning with the path and mode only.  Files larger than ``MAX_FILE_SIZE`` are refused
+Reading refuses, like ssh does for private keys, a keystore that group or others can
+access or that another user owns (``InsecureKeystoreFile``, naming the path, mode and
+the fix).  ``insecure_ok=True`` reads such a file anyway and logs a warning with the
+path, mode and owner only.  Something that is not a regular file (a FIFO, a device, a
+directory) is always refused; it is opened ``O_NONBLOCK`` so a FIFO cannot hang us.  Files larger than ``MAX_FILE_SIZE`` are refused
 as corrupt without being read whole.
 """
 from __future__ import annotations
@@ -103,7 +104,7 @@ def read_keystore(path: str | os.PathLike, passphrase: bytes, *, insecure_ok: bo
     """Read and open the keystore at ``path``.  Raises ``InsecureKeystoreFile`` (see the
     module docstring), ``WrongPassphrase``, ``KeystoreCorrupt`` or ``OSError``."""
     path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -140,6 +140,10 @@ def test_foreign_owner_is_refused(tmp_path, rng):
 def test_not_a_regular_file(tmp_path):
     with pytest.raises(InsecureKeystoreFile, match="regular file"):
         read_keystore(tmp_path, PASS)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(InsecureKeystoreFile, match="regular file"):
+        read_keystore(fifo, PASS, insecure_ok=True)  # returns at once: opened O_NONBLOCK
 
 
 def test_oversized_file_is_refused_unread(tmp_path):
