@@ -66,6 +66,18 @@ def test_round_trip_default_params(rng):
     assert open_keystore(blob, PASS) == SECRETS
 
 
+def test_identity_seeds_survive(rng):
+    """The identity layer's use: seeds go in, the same public keys come out."""
+    from qudag_core.crypto import MlDsa65PrivateKey, XWingPrivateKey
+
+    dsa, kem = MlDsa65PrivateKey.generate(rng), XWingPrivateKey.generate(rng)
+    blob = _seal(rng, {"mldsa65-seed": dsa.seed, "xwing-seed": kem.seed})
+    back = open_keystore(blob, PASS)
+    assert MlDsa65PrivateKey(back["mldsa65-seed"]).public_key == dsa.public_key
+    assert XWingPrivateKey(back["xwing-seed"]).public_key == kem.public_key
+    assert dsa.seed not in blob and kem.seed not in blob
+
+
 def test_empty_keystore_and_empty_values(rng):
     assert open_keystore(_seal(rng, {}), PASS) == {}
     blob = _seal(rng, {"a": b"", "é": b"\x00"}, passphrase=b"")

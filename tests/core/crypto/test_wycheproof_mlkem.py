@@ -165,15 +165,18 @@ def test_mlkem_768_semi_expanded_decaps(vectors_dir, vector_count):
     vector_count("wycheproof mlkem_768_semi_expanded_decaps_test.json", n)
 
 
-def test_expanded_key_check_rejects_every_single_byte_hash_or_ek_change(vectors_dir):
+def test_expanded_key_check_rejects_every_single_byte_hash_or_ek_change(vectors_dir, vector_count):
     """FIPS 203 §7.3 hash check: a flip anywhere in ``ek || H(ek)`` inside ``dk`` is
     caught (sampled positions of one published key, every bit of one byte)."""
     _, t = next(iter(_cases(vectors_dir, "mlkem_768_keygen_seed_test.json")))
     dk = _h(t["dk"])
     positions = list(range(1152, 1152 + EK_SIZE + 32, 37)) + [1152, 1152 + EK_SIZE - 1, 1152 + EK_SIZE + 31]
+    n = 0
     for pos in positions:
         for bit in (range(8) if pos == 1152 else (0,)):
             bad = bytearray(dk)
             bad[pos] ^= 1 << bit
             with pytest.raises(InvalidKey):
                 check_expanded_decapsulation_key(bytes(bad))
+            n += 1
+    vector_count("wycheproof mlkem_768_keygen_seed_test.json tcId 1, mutated dk (derived cases)", n)
