@@ -9,7 +9,7 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from qudag_core.errors import DecryptError, InvalidKey
+from qudag_core.errors import CryptoError, DecryptError, InvalidKey
 
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "ChaCha20Poly1305Key"]
 
@@ -30,7 +30,7 @@ class ChaCha20Poly1305Key:
 
     def seal(self, nonce: bytes, plaintext: bytes, aad: bytes | None = None) -> bytes:
         if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"ChaCha20-Poly1305 nonce must be {NONCE_SIZE} bytes")
+            raise CryptoError(f"ChaCha20-Poly1305 nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
         return self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes | None = None) -> bytes:

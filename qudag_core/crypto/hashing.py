@@ -13,6 +13,8 @@ import struct
 
 from blake3 import blake3 as _blake3
 
+from qudag_core.errors import InvalidKey
+
 __all__ = ["blake3_hash", "keyed_hash", "derive_key", "Transcript"]
 
 
@@ -22,7 +24,7 @@ def blake3_hash(data: bytes, length: int = 32) -> bytes:
 
 def keyed_hash(key: bytes, data: bytes, length: int = 32) -> bytes:
     if len(key) != 32:
-        raise ValueError("BLAKE3 keyed_hash key must be 32 bytes")
+        raise InvalidKey(f"BLAKE3 keyed_hash key must be 32 bytes, got {len(key)}")
     return _blake3(data, key=key).digest(length)
 
 

@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidSignature as _LibInvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mldsa as _mldsa
 
-from qudag_core.errors import InvalidKey, InvalidSignature
+from qudag_core.errors import CryptoError, InvalidKey, InvalidSignature
 
 __all__ = ["PK_SIZE", "SIG_SIZE", "SEED_SIZE", "MAX_CONTEXT", "MlDsa65PrivateKey", "MlDsa65PublicKey"]
 
@@ -20,10 +20,13 @@ SEED_SIZE = 32
 MAX_CONTEXT = 255
 
 
-def _check_context(context: bytes) -> bytes:
+def _check_context(context: bytes, error: type = CryptoError) -> bytes:
+    # FIPS 204 Alg. 2 line 1 / Alg. 3 line 1: a context over 255 bytes is an error.
+    # Verification reports it as InvalidSignature (Wycheproof "InvalidContext" cases
+    # expect a plain reject); signing as CryptoError.  Both are ValueErrors.
     context = bytes(context)
     if len(context) > MAX_CONTEXT:
-        raise ValueError(f"ML-DSA context string is at most {MAX_CONTEXT} bytes, got {len(context)}")
+        raise error(f"ML-DSA context string is at most {MAX_CONTEXT} bytes, got {len(context)}")
     return context
 
 
@@ -44,7 +47,7 @@ class MlDsa65PublicKey:
 
     def verify(self, signature: bytes, message: bytes, context: bytes = b"") -> None:
         """Raise ``InvalidSignature`` unless ``signature`` is valid for ``message``."""
-        context = _check_context(context)
+        context = _check_context(context, InvalidSignature)
         if len(signature) != SIG_SIZE:
             raise InvalidSignature(f"ML-DSA-65 signature must be {SIG_SIZE} bytes, got {len(signature)}")
         try:

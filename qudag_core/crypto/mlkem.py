@@ -4,20 +4,52 @@ Private keys are kept in FIPS 203 seed form ``d || z`` (64 bytes); the library e
 them once per object, so hold on to the object, not the seed, on hot paths.
 ``MlKem768PublicKey`` runs the FIPS 203 §7.2 encapsulation-key check (type and modulus)
 at construction: an invalid key is rejected before any encapsulation.
+
+``check_expanded_decapsulation_key`` is the FIPS 203 §7.3 decapsulation-key check
+(length and the ``H(ek)`` hash check) for keys met in the 2400-byte expanded form; it
+only hashes (SHA3-256), it decrypts nothing.  ``cryptography`` cannot load an expanded
+key, so qudag itself only ever holds seeds.
 """
 from __future__ import annotations
+
+import hashlib
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
 
 from qudag_core.errors import InvalidCiphertext, InvalidKey
 
-__all__ = ["EK_SIZE", "SEED_SIZE", "CT_SIZE", "SS_SIZE", "MlKem768PrivateKey", "MlKem768PublicKey"]
+__all__ = [
+    "EK_SIZE",
+    "SEED_SIZE",
+    "CT_SIZE",
+    "SS_SIZE",
+    "DK_SIZE",
+    "MlKem768PrivateKey",
+    "MlKem768PublicKey",
+    "check_expanded_decapsulation_key",
+]
 
 EK_SIZE = 1184
 SEED_SIZE = 64
 CT_SIZE = 1088
 SS_SIZE = 32
+DK_PKE_SIZE = 1152  # 384 * k, k = 3
+DK_SIZE = DK_PKE_SIZE + EK_SIZE + 32 + 32  # dk_PKE || ek || H(ek) || z = 2400
+
+
+def check_expanded_decapsulation_key(dk: bytes) -> bytes:
+    """FIPS 203 §7.3 input checks 2 and 3 on an expanded decapsulation key
+    ``dk_PKE || ek || H(ek) || z``: the length is 2400 bytes and ``SHA3-256(ek)``
+    equals the stored hash.  Returns the embedded ``ek``; raises ``InvalidKey``."""
+    dk = bytes(dk)
+    if len(dk) != DK_SIZE:
+        raise InvalidKey(f"ML-KEM-768 decapsulation key must be {DK_SIZE} bytes, got {len(dk)}")
+    ek = dk[DK_PKE_SIZE : DK_PKE_SIZE + EK_SIZE]
+    stored = dk[DK_PKE_SIZE + EK_SIZE : DK_PKE_SIZE + EK_SIZE + 32]
+    if hashlib.sha3_256(ek).digest() != stored:
+        raise InvalidKey("ML-KEM-768 decapsulation key fails the H(ek) hash check")
+    return ek
 
 
 class MlKem768PublicKey:
