@@ -163,13 +163,15 @@ class Lookup:
         (opaque: peers for ``get_peers``, a record for ``get``) and a write ``token``."""
         if self._done:
             return Verdict.DONE
-        c = self._inflight.get(addr) if isinstance(addr, tuple) else None
+        if not _valid_node((node_id, addr)):
+            return Verdict.UNSOLICITED  # malformed: cannot be an answer to our query
+        c = self._inflight.get(addr)
         if self.own_id is not None and node_id == self.own_id:
             if c is not None:
                 self._fail(c)
             return Verdict.OWN_ID
         if c is None:
-            other = self._by_id.get(node_id) if isinstance(node_id, bytes) else None
+            other = self._by_id.get(node_id)
             if other is not None and other.state == _IN_FLIGHT:
                 return Verdict.WRONG_ADDRESS
             return Verdict.UNSOLICITED

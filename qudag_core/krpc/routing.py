@@ -345,7 +345,7 @@ class RoutingTable:
             return False
         bucket = self._buckets[self.bucket_index(node_id)]
         self._unlink(node)
-        self._promote(bucket, None, node.first_seen if now is None else now)
+        self._promote(bucket, None, bucket.last_changed if now is None else now)
         return True
 
     # -- queries ------------------------------------------------------------------

@@ -225,3 +225,12 @@ def test_random_event_orders_keep_invariants(actions, k, alpha):
         now = t if t is not None else now + 1.0
         lk.handle_timer(now)
     assert lk.done
+
+
+def test_malformed_responses_are_dropped():
+    lk = started()
+    q = lk.next_queries(0.0)
+    for nid, a in [(q[0][0], (["x"], 1)), ([1], q[0][1]), (q[0][0], None), (b"x", q[0][1]),
+                   (q[0][0], (q[0][1][0], 0))]:
+        assert lk.on_response(nid, a, [], 0.1) is Verdict.UNSOLICITED
+    assert lk.on_response(*q[0], [], 0.1) is Verdict.ACCEPTED
