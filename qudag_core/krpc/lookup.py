@@ -188,7 +188,7 @@ class Lookup:
                     break
                 self._values.append((node_id, v))
         n = 0
-        for entry in nodes:
+        for entry in nodes if nodes is not None else ():
             if n >= self.max_nodes_per_response:
                 break
             n += 1

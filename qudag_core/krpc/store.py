@@ -267,7 +267,7 @@ class RecordStore:
     def _put_ordered(self, kind: RecordKind, target: bytes, value: bytes, seq: int, now: float,
                      pubkey: bytes, salt: bytes, signature: bytes, cas: int | None,
                      source_ip: str | None, local: bool) -> Record:
-        if not isinstance(seq, int) or seq < 0:
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise StoreError("seq must be a non-negative integer", error_code=203)
         e = self._live(target, now)
         if e is not None:

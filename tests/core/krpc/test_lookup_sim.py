@@ -9,6 +9,8 @@ import hashlib
 import heapq
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qudag_core.krpc.lookup import Lookup, Verdict
 from qudag_core.krpc.routing import RoutingConfig, RoutingTable, distance
@@ -241,3 +243,16 @@ def test_honest_network_default_k20():
         start = (j * 29) % N
         lk, _, _ = run_lookup(net20, start, target)
         assert [c[0] for c in lk.result.closest] == net20.true_closest(target, 20, exclude=[net20.ids[start]])
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.binary(min_size=1, max_size=8), st.integers(2, 6), st.integers(1, 4))
+def test_honest_random_networks(seed, k, alpha):
+    """Any network shape (seed), k and alpha: honest lookups find the exact k closest."""
+    small = SimNet(80, seed, k=k)
+    rng = Rng(seed + b"targets")
+    for j in range(5):
+        target = rng(20)
+        start = (j * 31) % 80
+        lk, _, _ = run_lookup(small, start, target, alpha=alpha)
+        assert [c[0] for c in lk.result.closest] == small.true_closest(target, k, exclude=[small.ids[start]])

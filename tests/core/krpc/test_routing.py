@@ -242,3 +242,20 @@ def test_snapshot_restore_roundtrip():
     assert u.restore(snap + [("garbage",), (b"x", "h", 1, None, None)], 20.0) == len(t)
     assert sorted(u.snapshot()) == sorted(
         (i, h, p, min(lr, 20.0), None if lq is None else min(lq, 20.0)) for i, h, p, lr, lq in snap)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_junk = st.one_of(st.none(), st.integers(), st.text(max_size=50), st.binary(max_size=25),
+                  st.tuples(st.text(max_size=40), st.integers(-5, 70000)),
+                  st.tuples(st.binary(max_size=4), st.integers()), st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(min_size=20, max_size=20), _junk), _junk, st.booleans())
+def test_any_input_is_an_outcome_not_an_exception(node_id, address, responded):
+    t = RoutingTable(OWN)
+    r = t.add_or_update(node_id, address, 0.0, responded=responded)
+    assert isinstance(r.outcome, Outcome)
+    assert len(t) == (1 if r.inserted else 0)
