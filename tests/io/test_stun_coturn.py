@@ -16,7 +16,6 @@ What coturn shows:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket

@@ -354,3 +354,38 @@ def test_random_event_orders(actions):
     assert c.pending == 0
     assert sorted(ended) == sorted(started)
     assert all(n <= 4 for n in sent.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=120), flips=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=3),
+       use_valid=st.booleans(), creds=st.sampled_from([None, "short", "long"]))
+def test_client_survives_any_datagram(data, flips, use_valid, creds):
+    """Arbitrary bytes, or a valid response with bytes overwritten, fed to a client with a
+    live transaction: events or nothing, never an exception; the counters add up."""
+    from conftest import DeterministicRng
+
+    c = StunClient(rng=DeterministicRng(b"fuzz"))
+    credentials = {None: None, "short": ShortTermCredentials(username="u", password="p"),
+                   "long": LongTermCredentials(username="u", password="p")}[creds]
+    h = c.request(SERVER, 0.0, credentials=credentials)
+    if use_valid:
+        attrs = [(Attr.XOR_MAPPED_ADDRESS, S.encode_xor_address(*ME, h)),
+                 (Attr.ERROR_CODE, S.encode_error_code(401, "x")), (Attr.NONCE, b"n"), (Attr.REALM, b"r")]
+        raw = bytearray(S.encode_message(1, data[0] % 4 if data else 2, h, attrs,
+                                         integrity_key=S.short_term_key("p") if creds == "short" else None))
+        for pos, val in flips:
+            if pos < len(raw):
+                raw[pos] = val
+        data = bytes(raw)
+    events = c.receive_datagram(data, SERVER, 0.1)
+    assert len(events) <= 1
+    if events:
+        assert events[0].transaction_id == h and c.pending == 0
+    dropped = sum(v for k, v in c.stats.items() if k.startswith("dropped_"))
+    if events:
+        assert dropped == 0
+    else:
+        # Either the datagram was dropped (and counted) or it was a 401 that made the
+        # long-term client queue an authenticated retry beside the first request.
+        retried = len(c.datagrams_to_send(0.1)) == 2
+        assert (dropped == 1) != retried and c.pending == 1
