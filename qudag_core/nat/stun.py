@@ -479,7 +479,10 @@ def encode_error_code(code: int, reason: str = "") -> bytes:
     """ERROR-CODE (§14.8): class (hundreds) and number, then a UTF-8 reason."""
     if not 300 <= code <= 699:
         raise LocalProtocolError(f"STUN error code {code} outside 300..699")
-    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")[:763]
+    phrase = reason.encode("utf-8")
+    if len(phrase) > 763:  # §14.8: fewer than 128 characters, at most 763 bytes
+        raise LocalProtocolError("ERROR-CODE reason phrase too long")
+    return struct.pack("!HBB", 0, code // 100, code % 100) + phrase
 
 
 def decode_error_code(value: bytes) -> tuple[int, str]:
