@@ -39,9 +39,9 @@ from qudag_core.handshake.events import HandshakeComplete, Terminated
 from qudag_core.handshake.steps import (
     SUPPORTED_VERSIONS,
     initiator_finish,
+    _responder_process,
     initiator_start,
     responder_finish,
-    responder_process,
 )
 from qudag_core.handshake.wire import (
     CERT_REQUEST_MIN,
@@ -364,7 +364,10 @@ class InitiatorHandshake(_Base):
         return getattr(self, name)(body)
 
     def _accept_peer_certificate(self, cert) -> None:
-        cert = self.cert_cache.verify(cert, self._now)
+        if isinstance(cert, NodeCertificate) and cert._verified:
+            cert.check_validity(self._now)  # signature checked once already
+        else:
+            cert = self.cert_cache.verify(cert, self._now)
         if self.expected_peer_id is not None and cert.node_id != self.expected_peer_id:
             raise UnexpectedPeer(f"responder is {cert.node_id.hex()}, expected {self.expected_peer_id.hex()}")
         self.peer_certificate = cert
@@ -425,7 +428,7 @@ class ResponderHandshake(_Base):
         self.ctx = ctx
         self.peer_address = peer_address
         self.address_validated = bool(address_validated)
-        self._addr = _address_bytes(peer_address)
+        self._addr = None
         self._hs = None
         self._cert_sent = False
         self._cookie_sent = False
@@ -461,6 +464,8 @@ class ResponderHandshake(_Base):
         ctx = self.ctx
         core, offered, cookie = split_init(body)
         if ctx.under_load and not self.address_validated:
+            if self._addr is None:
+                self._addr = _address_bytes(self.peer_address)
             if not cookie:
                 if self._cookie_sent:
                     raise BadCookie("INIT without the cookie we asked for")
@@ -474,9 +479,9 @@ class ResponderHandshake(_Base):
         replay_key = blake3_hash(core[vlen : vlen + XWING_PK_SIZE + MLKEM_CT_SIZE], _REPLAY_KEY_SIZE)
         if ctx.replay_seen(replay_key):
             raise ReplayDetected("INIT already processed")
-        self._hs, resp = responder_process(
-            ctx.rng, ctx.identity, ctx.certificate, body, now=self._now, cert_cache=ctx.cert_cache,
-            versions=ctx.versions, kem_counter=ctx.count_kem,
+        self._hs, resp = _responder_process(
+            ctx.rng, ctx.identity, ctx.certificate, core, offered, now=self._now, cert_cache=ctx.cert_cache,
+            versions=ctx.versions, mlkem_encapsulate=None, kem_counter=ctx.count_kem,
         )
         ctx.replay_remember(replay_key)
         self._state = State.EXPECT_FINISH

@@ -34,7 +34,9 @@ import hmac
 import struct
 
 from qudag_core.crypto.aead import ChaCha20Poly1305Key
-from qudag_core.crypto.hashing import Transcript, derive_key
+from blake3 import blake3 as _blake3
+
+from qudag_core.crypto.hashing import derive_key
 from qudag_core.crypto.mlkem import CT_SIZE as MLKEM_CT_SIZE
 from qudag_core.crypto.x25519 import X25519PrivateKey
 from qudag_core.crypto.xwing import PK_SIZE as XWING_PK_SIZE
@@ -60,6 +62,7 @@ from qudag_core.identity import CertificateCache, NodeCertificate
 __all__ = [
     "PROTOCOL_LABEL",
     "SUPPORTED_VERSIONS",
+    "TypedTranscript",
     "SessionKeys",
     "InitiatorState",
     "ResponderState",
@@ -78,9 +81,8 @@ _CTX_CERT_KEY = "qudag 2026 handshake initiator-certificate key"
 _CTX_CHAIN = "qudag 2026 handshake chaining key"
 _CTX_CONFIRM_R = "qudag 2026 handshake responder confirmation"
 _CTX_CONFIRM_I = "qudag 2026 handshake initiator confirmation"
-_CTX_I2R = "qudag 2026 handshake initiator-to-responder key"
-_CTX_R2I = "qudag 2026 handshake responder-to-initiator key"
-_CTX_SESSION_ID = "qudag 2026 handshake session id"
+# One 96-byte output: initiator-to-responder key || responder-to-initiator key || session id.
+_CTX_SESSION = "qudag 2026 handshake session keys and id"
 
 
 def _library_mlkem_encapsulate(mlkem_public_key):
@@ -135,17 +137,74 @@ class ResponderState:
 
 
 def _session_keys(ck: bytes, h4: bytes):
-    m = ck + h4
-    return derive_key(_CTX_I2R, m), derive_key(_CTX_R2I, m), derive_key(_CTX_SESSION_ID, m)
+    okm = derive_key(_CTX_SESSION, ck + h4, 96)
+    return okm[:32], okm[32:64], okm[64:]
 
 
-def _transcript_start(versions_field: bytes, responder: NodeCertificate, epk: bytes, ct1: bytes) -> Transcript:
-    t = Transcript(PROTOCOL_LABEL)
-    t.append(b"versions", versions_field)
-    t.append(b"responder identity", responder.identity_digest)
-    t.append(b"responder static", responder.xwing_public_key)
-    t.append(b"initiator ephemeral", epk)
-    t.append(b"ct responder static", ct1)
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def _label(label: bytes) -> bytes:
+    return _U16.pack(len(label)) + label
+
+
+# Transcript item labels, pre-encoded (u16 length || label).
+_L_PROTOCOL = _label(b"protocol")
+_L_VERSIONS = _label(b"versions")
+_L_R_IDENTITY = _label(b"responder identity")
+_L_R_STATIC = _label(b"responder static")
+_L_I_EPHEMERAL = _label(b"initiator ephemeral")
+_L_CT1 = _label(b"ct responder static")
+_L_I_CERT = _label(b"initiator certificate")
+_L_I_IDENTITY = _label(b"initiator identity")
+_L_VERSION = _label(b"version")
+_L_CT2 = _label(b"ct initiator ephemeral")
+_L_CT3 = _label(b"ct initiator static")
+_L_CONFIRM_R = _label(b"responder confirmation")
+_L_CONFIRM_I = _label(b"initiator confirmation")
+
+
+class TypedTranscript:
+    """The handshake transcript: byte-for-byte the encoding of
+    ``qudag_core.crypto.Transcript`` (u16 label length, label, u32 value length, value,
+    starting with the item ``("protocol", PROTOCOL_LABEL)``), but absorbing a whole
+    message's items in one BLAKE3 update.  ``tests/core/handshake`` checks that both
+    produce the same digests."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, protocol_label: bytes = PROTOCOL_LABEL) -> None:
+        self._h = _blake3()
+        self.absorb(_L_PROTOCOL, protocol_label)
+
+    def absorb(self, *items) -> None:
+        """``items`` alternates pre-encoded labels and values."""
+        parts = []
+        for i in range(0, len(items), 2):
+            value = items[i + 1]
+            parts.append(items[i])
+            parts.append(_U32.pack(len(value)))
+            parts.append(value)
+        self._h.update(b"".join(parts))
+
+    def digest(self) -> bytes:
+        return self._h.digest(32)
+
+
+_T0 = TypedTranscript()
+
+
+def _transcript_start(versions_field: bytes, responder: NodeCertificate, epk: bytes, ct1: bytes) -> TypedTranscript:
+    t = TypedTranscript.__new__(TypedTranscript)
+    t._h = _T0._h.copy()
+    t.absorb(
+        _L_VERSIONS, versions_field,
+        _L_R_IDENTITY, responder.identity_digest,
+        _L_R_STATIC, responder.xwing_public_key,
+        _L_I_EPHEMERAL, epk,
+        _L_CT1, ct1,
+    )
     return t
 
 
@@ -173,8 +232,7 @@ def initiator_start(
     cert_bytes = certificate.to_bytes()
     pt = struct.pack(">H", len(cert_bytes)) + cert_bytes + bytes(CERT_PLAINTEXT_SIZE - 2 - len(cert_bytes))
     enc_cert = ChaCha20Poly1305Key(derive_key(_CTX_CERT_KEY, ss1 + h1)).seal(_ZERO_NONCE, pt, h1)
-    t.append(b"initiator certificate", enc_cert)
-    t.append(b"initiator identity", certificate.identity_digest)
+    t.absorb(_L_I_CERT, enc_cert, _L_I_IDENTITY, certificate.identity_digest)
     core = versions_field + epk + ct1_m + enc_cert
     st = InitiatorState()
     st._used = False
@@ -204,6 +262,12 @@ def responder_process(
     Raises a declared ``HandshakeError`` or ``CertificateError``.  ``kem_counter``, if
     given, is called once per KEM operation (the cookie tests count them)."""
     core, offered, _cookie = split_init(init_body)
+    return _responder_process(rng, identity, certificate, core, offered, now=now, cert_cache=cert_cache,
+                              versions=versions, mlkem_encapsulate=mlkem_encapsulate, kem_counter=kem_counter)
+
+
+def _responder_process(rng, identity, certificate, core, offered, *, now, cert_cache, versions,
+                       mlkem_encapsulate, kem_counter):
     common = set(offered).intersection(versions)
     if not common:
         raise UnsupportedVersion(f"no common version: offered {list(offered)}, we speak {list(versions)}")
@@ -232,8 +296,6 @@ def responder_process(
         epk_key = XWingPublicKey(epk)
     except CryptoError:
         raise MalformedMessage("initiator ephemeral key is invalid") from None
-    t.append(b"initiator certificate", enc_cert)
-    t.append(b"initiator identity", peer.identity_digest)
     menc = mlkem_encapsulate if mlkem_encapsulate is not None else _library_mlkem_encapsulate
     if kem_counter is not None:
         kem_counter()
@@ -245,16 +307,20 @@ def responder_process(
     except CryptoError:
         raise MalformedMessage("initiator ephemeral X25519 share is of low order") from None
     ss3, ct3_m = _encapsulate_shared(peer.xwing_key(), eph_x, menc)
-    vfield = struct.pack(">H", version)
-    t.append(b"version", vfield)
-    t.append(b"ct initiator ephemeral", ct2_m + eph_x.public)
-    t.append(b"ct initiator static", ct3_m + eph_x.public)
+    vfield = _U16.pack(version)
+    t.absorb(
+        _L_I_CERT, enc_cert,
+        _L_I_IDENTITY, peer.identity_digest,
+        _L_VERSION, vfield,
+        _L_CT2, ct2_m + eph_x.public,
+        _L_CT3, ct3_m + eph_x.public,
+    )
     h2 = t.digest()
     ck = derive_key(_CTX_CHAIN, ss1 + ss2 + ss3 + h2)
     confirm_r = derive_key(_CTX_CONFIRM_R, ck + h2)
-    t.append(b"responder confirmation", confirm_r)
+    t.absorb(_L_CONFIRM_R, confirm_r)
     confirm_i = derive_key(_CTX_CONFIRM_I, ck + t.digest())
-    t.append(b"initiator confirmation", confirm_i)
+    t.absorb(_L_CONFIRM_I, confirm_i)
     st = ResponderState()
     st._used = False
     st.ck = ck
@@ -287,16 +353,14 @@ def initiator_finish(state: InitiatorState, response_body: bytes):
     except CryptoError:
         raise AuthenticationFailed("RESPONSE carries an unusable X-Wing ciphertext") from None
     t = state.transcript
-    t.append(b"version", response_body[:2])
-    t.append(b"ct initiator ephemeral", ct2)
-    t.append(b"ct initiator static", ct3)
+    t.absorb(_L_VERSION, response_body[:2], _L_CT2, ct2, _L_CT3, ct3)
     h2 = t.digest()
     ck = derive_key(_CTX_CHAIN, state.ss1 + ss2 + ss3 + h2)
     if not hmac.compare_digest(derive_key(_CTX_CONFIRM_R, ck + h2), confirm_r):
         raise AuthenticationFailed("responder key confirmation failed")
-    t.append(b"responder confirmation", confirm_r)
+    t.absorb(_L_CONFIRM_R, confirm_r)
     confirm_i = derive_key(_CTX_CONFIRM_I, ck + t.digest())
-    t.append(b"initiator confirmation", confirm_i)
+    t.absorb(_L_CONFIRM_I, confirm_i)
     i2r, r2i, sid = _session_keys(ck, t.digest())
     state.ephemeral = state.static = state.ss1 = None
     return SessionKeys(i2r, r2i, sid, version, state.peer_certificate), confirm_i

@@ -102,3 +102,42 @@ def fresh_cache(*names: str) -> CertificateCache:
     for n in names:
         cache.add_verified(certificate(n))
     return cache
+
+
+def _all_slots(cls):
+    out = []
+    for klass in cls.__mro__:
+        out.extend(getattr(klass, "__slots__", ()))
+    return out
+
+
+def clone_state(st):
+    """Copy a consume-once step state (transcript hasher copied, keys shared)."""
+    new = type(st).__new__(type(st))
+    for name in _all_slots(type(st)):
+        if hasattr(st, name):
+            setattr(new, name, getattr(st, name))
+    t = getattr(st, "transcript", None)
+    if t is not None:
+        nt = type(t).__new__(type(t))
+        nt._h = t._h.copy()
+        new.transcript = nt
+    return new
+
+
+def clone(hs):
+    """Snapshot a handshake stream object so one recorded flight can be replayed to
+    many identical copies (the bit-flip tests)."""
+    from qudag_core.handshake.wire import FrameReader
+
+    new = type(hs).__new__(type(hs))
+    for name in _all_slots(type(hs)):
+        if hasattr(hs, name):
+            setattr(new, name, getattr(hs, name))
+    reader = FrameReader()
+    reader.feed(bytes(hs._reader._buf))
+    new._reader = reader
+    new._out = bytearray(hs._out)
+    if hs._hs is not None:
+        new._hs = clone_state(hs._hs)
+    return new
