@@ -1,0 +1,116 @@
+"""Full handshakes per second, both sides in one process, against Noise XX.
+
+qudag: ``InitiatorHandshake`` + ``ResponderHandshake`` (framing, certificate cache,
+replay filter, key confirmation: the whole stream API), static keys and certificates
+preloaded and cached as in steady state.  Peer: the ``noiseprotocol`` package's
+``Noise_XX_25519_ChaChaPoly_BLAKE2s`` full handshake (three messages, both sides), with
+its static key pairs also preloaded.  Goal: qudag >= 0.8x the Noise rate.
+
+    PYTHONPATH=. python -m pytest benches/bench_handshake.py --benchmark-only -q -s
+
+``test_ratio`` interleaves short batches of both and compares the best batch of each,
+which is robust to other load on a shared machine; it prints the ratio.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+noise_connection = pytest.importorskip("noise.connection")
+from noise.backends.default.keypairs import KeyPair25519  # noqa: E402
+
+from qudag_core.handshake import HandshakeComplete, InitiatorHandshake, ResponderContext  # noqa: E402
+from qudag_core.identity import CertificateCache, Identity  # noqa: E402
+
+NOW = 1_800_000_000.0
+_NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
+
+
+def _noise_setup():
+    ki = KeyPair25519.from_private_bytes(os.urandom(32))
+    kr = KeyPair25519.from_private_bytes(os.urandom(32))
+
+    def handshake():
+        i = noise_connection.NoiseConnection.from_name(_NOISE_NAME)
+        r = noise_connection.NoiseConnection.from_name(_NOISE_NAME)
+        i.set_as_initiator()
+        r.set_as_responder()
+        i.noise_protocol.keypairs["s"] = ki  # preloaded static keys (steady state)
+        r.noise_protocol.keypairs["s"] = kr
+        i.start_handshake()
+        r.start_handshake()
+        r.read_message(i.write_message())
+        i.read_message(r.write_message())
+        r.read_message(i.write_message())
+        assert i.handshake_finished and r.handshake_finished
+
+    return handshake
+
+
+def _qudag_setup():
+    ii = Identity.generate(os.urandom)
+    ir = Identity.generate(os.urandom)
+    ci = ii.issue_certificate([("127.0.0.1", 4000)], now=NOW - 60, lifetime=86400)
+    cr = ir.issue_certificate([("127.0.0.1", 4433)], now=NOW - 60, lifetime=86400)
+    r_cache = CertificateCache()
+    r_cache.add_verified(ci)
+    i_cache = CertificateCache()
+    i_cache.add_verified(cr)
+    ctx = ResponderContext(ir, cr, rng=os.urandom, cert_cache=r_cache)
+    addr = ("127.0.0.1", 40000)
+
+    def handshake():
+        i = InitiatorHandshake(ii, ci, rng=os.urandom, now=NOW, peer_certificate=cr, cert_cache=i_cache)
+        r = ctx.new_handshake(now=NOW, peer_address=addr)
+        r.receive_data(i.data_to_send())
+        ev_i = i.receive_data(r.data_to_send())
+        ev_r = r.receive_data(i.data_to_send())
+        assert type(ev_i[0]) is HandshakeComplete and type(ev_r[0]) is HandshakeComplete
+
+    return handshake
+
+
+def _best_batch(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def measure_ratio(batches: int = 15, per_batch: int = 20) -> tuple[float, float, float]:
+    noise, qudag = _noise_setup(), _qudag_setup()
+    noise(), qudag()
+    tn, tq = [], []
+    for _ in range(batches):
+        tn.append(_best_batch(noise, per_batch))
+        tq.append(_best_batch(qudag, per_batch))
+    best_n, best_q = min(tn), min(tq)
+    return 1 / best_n, 1 / best_q, best_n / best_q
+
+
+def test_noise_xx_handshake(benchmark):
+    benchmark.pedantic(_noise_setup(), rounds=40, iterations=5, warmup_rounds=2)
+
+
+def test_qudag_handshake(benchmark):
+    benchmark.pedantic(_qudag_setup(), rounds=40, iterations=5, warmup_rounds=2)
+
+
+def test_ratio(benchmark):
+    import qudag_core
+
+    noise_rate, qudag_rate, ratio = measure_ratio()
+    benchmark.extra_info.update(noise_hs_per_s=noise_rate, qudag_hs_per_s=qudag_rate, ratio=ratio)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(
+        f"\nhandshakes/s (both sides): noise XX {noise_rate:.0f}, qudag {qudag_rate:.0f}, "
+        f"ratio {ratio:.2f} (compiled={qudag_core.COMPILED})"
+    )
+    assert ratio > 0
+
+
+if __name__ == "__main__":
+    n, q, r = measure_ratio()
+    print(f"noise XX {n:.0f}/s  qudag {q:.0f}/s  ratio {r:.2f}")
