@@ -1,5 +1,8 @@
 """TCP adapter for the qudag link core (handshake + secure channel), on uvloop or asyncio.
 
+Cores are driven with Unix time (``time.time()``): certificates carry calendar validity,
+so the link needs the calendar; timers are re-armed relative to it.
+
 The adapter is deliberately thin (STYLE.md §11, after aioquic ``asyncio/protocol.py``):
 bytes from the socket go to ``Link.receive_data``, the events that come back are
 dispatched, and ``_transmit`` writes everything the core has pending and re-arms one
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
@@ -68,14 +72,13 @@ class _LinkProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.core = self._make_core(transport.get_extra_info("peername"), self._loop.time())
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.core = self._make_core(transport.get_extra_info("peername"), time.time())
         self._transmit()
 
     def data_received(self, data: bytes) -> None:
         assert self.core is not None
-        self._process(self.core.receive_data(data, self._loop.time()))
+        self._process(self.core.receive_data(data, time.time()))
         self._transmit()
 
     def eof_received(self) -> Optional[bool]:
@@ -83,7 +86,7 @@ class _LinkProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.core is not None:
-            self._process(self.core.connection_lost(self._loop.time()))
+            self._process(self.core.connection_lost(time.time()))
         self._finish(ConnectionClosed(0, f"transport lost: {exc!r}" if exc else "transport closed", True))
         if self._timer is not None:
             self._timer.cancel()
@@ -119,6 +122,7 @@ class _LinkProtocol(asyncio.Protocol):
             log.debug("link closed: %s", closed)
         if not self.established.done():
             self.established.set_exception(closed)
+            self.established.exception()  # a failed handshake nobody awaits is not an error
         if self._recv_waiter is not None and not self._recv_waiter.done():
             self._recv_waiter.set_result(None)
         self.closed_event.set()
@@ -138,7 +142,9 @@ class _LinkProtocol(asyncio.Protocol):
         if when != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer = (
+                self._loop.call_later(max(0.0, when - time.time()), self._on_timer) if when is not None else None
+            )
             self._timer_at = when
 
     def _on_timer(self) -> None:
@@ -146,7 +152,7 @@ class _LinkProtocol(asyncio.Protocol):
         self._timer_at = None
         if self.core is None:
             return
-        self._process(self.core.handle_timer(self._loop.time()))
+        self._process(self.core.handle_timer(time.time()))
         self._transmit()
 
     def _wake_drain(self) -> None:
@@ -181,12 +187,12 @@ class _LinkProtocol(asyncio.Protocol):
         if self.closed is not None:
             raise self.closed
         assert self.core is not None
-        self.core.send_message(data, self._loop.time())
+        self.core.send_message(data, time.time())
         self._transmit()
 
     def close(self, code: int, reason: str) -> None:
         if self.core is not None and self.closed is None:
-            self.core.close(code, reason, self._loop.time())
+            self.core.close(code, reason, time.time())
             self._transmit()
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -249,6 +255,7 @@ async def connect(
     identity: Identity,
     peer_certificate: Optional[NodeCertificate] = None,
     expected_peer_id: Optional[NodeId] = None,
+    certificate: Optional[NodeCertificate] = None,
     config: Optional[LinkConfig] = None,
     timeout: float = 10.0,
     rng: Callable[[int], bytes] = os.urandom,
@@ -266,6 +273,7 @@ async def connect(
             identity=identity,
             peer_certificate=peer_certificate,
             expected_peer_id=expected_peer_id,
+            certificate=certificate,
             config=cfg,
             rng=rng,
             now=now,
@@ -284,6 +292,9 @@ async def connect(
 
 class Listener:
     """A listening socket whose accepted links are handed to ``handler``."""
+
+    certificate: NodeCertificate
+    """The certificate dialers need (``connect(..., peer_certificate=...)``)."""
 
     def __init__(self, server: asyncio.AbstractServer, tasks: set[asyncio.Task[Any]]) -> None:
         self._server = server
@@ -314,26 +325,38 @@ async def listen(
     *,
     identity: Identity,
     handler: Callable[[Connection], Awaitable[None]],
-    context: Optional[ResponderContext] = None,
+    certificate: Optional[NodeCertificate] = None,
+    certificate_lifetime: int = 7 * 86400,
     config: Optional[LinkConfig] = None,
     rng: Callable[[int], bytes] = os.urandom,
 ) -> Listener:
     """Accept links on ``host:port``; each established link runs ``handler(conn)``.
 
     Handshakes that fail or time out never reach the handler.  One ``ResponderContext``
-    (static keys, certificate cache, cookie secret) is shared by every accepted link.
+    (static keys, certificate cache, cookie secret, replay filter) is shared by every
+    accepted link; when more than ``config.cookie_threshold`` handshakes are in progress
+    the listener switches to cookie mode, so floods cost it no KEM work.
+    Without ``certificate``, one is issued for the bound address(es).
     """
     loop = asyncio.get_running_loop()
     cfg = config or LinkConfig()
-    ctx = context or ResponderContext(identity=identity, config=cfg, rng=rng, now=loop.time())
     tasks: set[asyncio.Task[Any]] = set()
+    state: dict[str, Any] = {"ctx": None, "pending": 0}
+
+    def _update_load() -> None:
+        state["ctx"].under_load = state["pending"] > cfg.cookie_threshold
 
     async def run(protocol: _LinkProtocol) -> None:
+        state["pending"] += 1
+        _update_load()
         try:
             established = await protocol.established
         except ConnectionClosed as exc:
             log.debug("inbound handshake failed: %s", exc)
             return
+        finally:
+            state["pending"] -= 1
+            _update_load()
         conn = Connection(protocol, established)
         try:
             await handler(conn)
@@ -346,8 +369,10 @@ async def listen(
                 await conn.close()
 
     def factory() -> _LinkProtocol:
+        ctx = state["ctx"]
+
         def make_core(peer: Any, now: float) -> Link:
-            return Link.responder(context=ctx, peer_address=peer, config=cfg, rng=rng, now=now)
+            return Link.responder(context=ctx, peer_address=peer, config=cfg, now=now)
 
         p = _LinkProtocol(loop, make_core)
         t = loop.create_task(run(p))
@@ -355,5 +380,12 @@ async def listen(
         t.add_done_callback(tasks.discard)
         return p
 
-    server = await loop.create_server(factory, host, port)
-    return Listener(server, tasks)
+    server = await loop.create_server(factory, host, port, start_serving=False)
+    if certificate is None:
+        addrs = [s.getsockname()[:2] for s in server.sockets]
+        certificate = identity.issue_certificate(addrs, now=time.time(), lifetime=certificate_lifetime)
+    state["ctx"] = ResponderContext(identity, certificate, rng=rng)
+    await server.start_serving()
+    listener = Listener(server, tasks)
+    listener.certificate = certificate
+    return listener

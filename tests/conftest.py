@@ -5,6 +5,7 @@
 * ``vector_count``: ``vector_count("wycheproof mlkem_768_test.json", n)`` records how many
   external cases a test checked; the totals are printed at the end of the run.
 * ``rng``: a deterministic ``rng(n) -> bytes`` for sans-IO cores.
+* ``run_loop``: run a coroutine on asyncio's default loop and on uvloop (parametrized).
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import os
 import pathlib
 from collections import Counter
 
+import asyncio
+
 import pytest
+import uvloop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -68,3 +72,23 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("external vector cases checked")
     for name in sorted(_COUNTS):
         terminalreporter.write_line(f"{_COUNTS[name]:6d}  {name}")
+
+
+# Adapter tests run under asyncio's default loop and under uvloop (STYLE.md §11).
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run_loop(request):
+    """``run_loop(coro_fn, timeout)`` runs ``coro_fn()`` to completion on the chosen loop,
+    bounded in time."""
+
+    def run(coro_fn, timeout: float = 60.0):
+        async def bounded():
+            return await asyncio.wait_for(coro_fn(), timeout)
+
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            return runner.run(bounded())
+
+    run.kind = request.param
+    return run

@@ -1,0 +1,196 @@
+"""The TCP link adapter over real loopback sockets, under asyncio and uvloop."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+
+import pytest
+
+from qudag_core.channel import ChannelConfig
+from qudag_core.identity import Identity
+from qudag_core.link import LinkConfig
+from qudag_io.link import ConnectionClosed, connect, listen
+
+ALICE = Identity.generate(os.urandom)
+BOB = Identity.generate(os.urandom)
+
+
+def _sizes(n: int, seed: int) -> list[int]:
+    rnd = random.Random(seed)
+    return [rnd.randrange(0, 65536) if rnd.random() < 0.02 else rnd.randrange(0, 2048) for _ in range(n)]
+
+
+def test_ten_thousand_messages_hash_verified(run_loop):
+    """Two nodes complete the handshake over real sockets and exchange 10,000 messages
+    of random sizes in each direction, verified by a running SHA-256 on both ends."""
+    n = 10_000
+
+    async def main():
+        server_digest = asyncio.get_running_loop().create_future()
+
+        async def handler(conn):
+            h_in, h_out = hashlib.sha256(), hashlib.sha256()
+
+            async def reader():
+                for _ in range(n):
+                    m = await conn.recv()
+                    h_in.update(len(m).to_bytes(4, "big") + m)
+
+            async def writer():
+                rnd = random.Random(2)
+                for size in _sizes(n, 2):
+                    m = rnd.randbytes(size)
+                    h_out.update(len(m).to_bytes(4, "big") + m)
+                    await conn.send(m)
+
+            await asyncio.gather(reader(), writer())
+            server_digest.set_result((h_in.digest(), h_out.digest()))
+            await conn.recv()  # wait for the client's close
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler) as lst:
+            host, port = lst.addresses[0]
+            async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate) as conn:
+                assert conn.peer_node_id == BOB.node_id
+                h_out, h_in = hashlib.sha256(), hashlib.sha256()
+
+                async def writer():
+                    rnd = random.Random(1)
+                    for size in _sizes(n, 1):
+                        m = rnd.randbytes(size)
+                        h_out.update(len(m).to_bytes(4, "big") + m)
+                        await conn.send(m)
+
+                async def reader():
+                    for _ in range(n):
+                        m = await conn.recv()
+                        h_in.update(len(m).to_bytes(4, "big") + m)
+
+                await asyncio.gather(writer(), reader())
+                srv_in, srv_out = await server_digest
+                assert srv_in == h_out.digest()
+                assert srv_out == h_in.digest()
+
+    run_loop(main, timeout=120)
+
+
+def test_connect_by_identity_without_certificate(run_loop):
+    async def main():
+        async def handler(conn):
+            async for m in conn:
+                await conn.send(m[::-1])
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler) as lst:
+            host, port = lst.addresses[0]
+            async with await connect(host, port, identity=ALICE, expected_peer_id=BOB.node_id) as conn:
+                await conn.send(b"abc")
+                assert await conn.recv() == b"cba"
+            with pytest.raises(ConnectionClosed):
+                await connect(host, port, identity=ALICE, expected_peer_id=ALICE.node_id, timeout=5)
+
+    run_loop(main)
+
+
+def test_garbage_and_silent_clients_do_not_stop_the_listener(run_loop):
+    """Raw garbage, a truncated handshake and a silent client each get dropped (the
+    silent one at the handshake timeout); the listener keeps serving."""
+    cfg = LinkConfig(handshake_timeout=0.5)
+
+    async def main():
+        served = []
+
+        async def handler(conn):
+            served.append(conn.peer_node_id)
+            await conn.send(b"hi")
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler, config=cfg) as lst:
+            host, port = lst.addresses[0]
+            bad = []
+            for payload in (os.urandom(5000), b"\x00" * 3, b""):
+                r, w = await asyncio.open_connection(host, port)
+                if payload:
+                    w.write(payload)
+                bad.append((r, w))
+            for r, w in bad:
+                # The listener closes each bad connection: EOF within a bounded time.
+                data = await asyncio.wait_for(r.read(), 5)
+                assert len(data) < 100_000
+                w.close()
+            async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate) as conn:
+                assert await conn.recv() == b"hi"
+            assert served == [ALICE.node_id]
+
+    run_loop(main)
+
+
+def test_cookie_mode_under_load_still_connects(run_loop):
+    """With the cookie threshold at zero every inbound handshake is 'under load': the
+    responder demands a cookie before any KEM work and the initiator retries with it."""
+    cfg = LinkConfig(cookie_threshold=0)
+
+    async def main():
+        async def handler(conn):
+            await conn.send(await conn.recv())
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler, config=cfg) as lst:
+            host, port = lst.addresses[0]
+            conns = await asyncio.gather(
+                *[connect(host, port, identity=ALICE, peer_certificate=lst.certificate) for _ in range(3)]
+            )
+            for i, c in enumerate(conns):
+                await c.send(bytes([i]))
+                assert await c.recv() == bytes([i])
+                await c.close()
+
+    run_loop(main)
+
+
+def test_keepalive_holds_idle_link_open(run_loop):
+    """Keepalive PINGs keep an idle link alive past the idle timeout; both ends stay open."""
+    cfg = LinkConfig(channel=ChannelConfig(keepalive_interval=0.1, idle_timeout=0.4))
+
+    async def main():
+        done = asyncio.Event()
+
+        async def handler(conn):
+            await done.wait()
+            await conn.send(b"still here")
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler, config=cfg) as lst:
+            host, port = lst.addresses[0]
+            async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate,
+                                     config=cfg) as conn:
+                await asyncio.sleep(1.2)
+                assert not conn.is_closed
+                done.set()
+                assert await conn.recv() == b"still here"
+
+    run_loop(main)
+
+
+def test_idle_peer_is_dropped(run_loop):
+    """A peer that completes the handshake and then goes silent (no keepalives) is
+    dropped after the idle timeout."""
+    server_cfg = LinkConfig(channel=ChannelConfig(keepalive_interval=None, idle_timeout=0.3))
+    client_cfg = LinkConfig(channel=ChannelConfig(keepalive_interval=None, idle_timeout=None))
+
+    async def main():
+        ended = asyncio.get_running_loop().create_future()
+
+        async def handler(conn):
+            try:
+                await conn.recv()
+            except ConnectionClosed as exc:
+                ended.set_result(exc)
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler, config=server_cfg) as lst:
+            host, port = lst.addresses[0]
+            conn = await connect(host, port, identity=ALICE, peer_certificate=lst.certificate, config=client_cfg)
+            exc = await asyncio.wait_for(ended, 5)
+            assert not exc.by_peer
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(conn.recv(), 5)
+            await conn.close()
+
+    run_loop(main)
