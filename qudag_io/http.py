@@ -122,8 +122,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         if not self._server._admit(self):
             # Over the connection limit: answer before reading anything, then go.
             self._rejected = True
@@ -206,6 +205,15 @@ class _HttpProtocol(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._request = request
         self._body_size = 0
+        # h11 only enforces max_incomplete_event_size on a head that is still incomplete;
+        # one that arrived in a single read is measured here, so the limit does not
+        # depend on how the bytes were segmented.
+        head_size = len(request.method) + len(request.target) + 12
+        for name, value in request.headers.raw_items():
+            head_size += len(name) + len(value) + 4
+        if head_size > self._limits.max_incomplete_event_size:
+            self._send_error(431, b"request header fields too large\n")
+            return
         for name, value in request.headers:
             if name == b"content-length" and int(value) > self._limits.max_body_size:
                 # Refuse before reading it; the connection cannot be reused afterwards.
