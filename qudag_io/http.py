@@ -66,6 +66,8 @@ class HttpLimits:
     """Clients served at once; one more is answered 503 and closed."""
     max_requests_per_connection: int = 1000
     """After this many requests a connection is closed (``Connection: close``)."""
+    linger_timeout: float = 2.0
+    """Seconds a closing connection may take to drain our output and send its EOF."""
     shutdown_grace: float = 1.0
     """Seconds ``close()`` lets clients take their last bytes before aborting them."""
 
@@ -112,6 +114,8 @@ class _HttpProtocol(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self._timer: Optional[asyncio.TimerHandle] = None
         self._closing = False
+        self._lingering = False  # half-closed by us, discarding input (RFC 9112 §9.6)
+        self._eof = False
         self._write_paused = False
         self._request: Optional[h11.Request] = None
         self._body_size = 0
@@ -143,7 +147,11 @@ class _HttpProtocol(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> Optional[bool]:
-        if not self._closing:
+        self._eof = True
+        if self._lingering:
+            assert self.transport is not None
+            self.transport.close()
+        elif not self._closing:
             self._conn.receive_data(b"")
             self._pump()
         # Keep the write side open so a final response (e.g. 400) can still be sent;
@@ -162,8 +170,9 @@ class _HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and (self._lingering or not self._closing):
             self.transport.resume_reading()
+        if not self._closing:
             self._pump()
 
     # -- driving h11 -------------------------------------------------------------------
@@ -311,14 +320,39 @@ class _HttpProtocol(asyncio.Protocol):
             self._close()  # idle: nothing to answer
 
     def _close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._cancel_timer()
-            if self.transport is not None:
-                self.transport.close()
-                # close() waits for the write buffer to drain; a client that never
-                # reads must not keep its connection slot for that long.
-                self._timer = self._loop.call_later(self._limits.request_timeout, self._abort)
+        """Close gracefully: the response already written must reach the client.
+
+        RFC 9112 §9.6: closing outright while the client's input is still unread makes
+        the kernel send a reset, which can destroy the response (typically the very 400
+        or 413 explaining why we close).  So the write side is shut down first (after the
+        buffer drains) and input is read and discarded until the client closes too, for
+        at most ``linger_timeout``.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+        else:
+            self._lingering = True
+            transport.write_eof()
+        # Neither drain nor linger may keep a connection slot for long (a client that
+        # never reads, or never closes).
+        self._timer = self._loop.call_later(self._limits.linger_timeout, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def _abort(self) -> None:
         self._closing = True

@@ -24,7 +24,7 @@ from qudag_io.metrics import NodeMetrics
 
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 
-FAST = HttpLimits(request_timeout=0.5, idle_timeout=0.5, shutdown_grace=0.5)
+FAST = HttpLimits(request_timeout=0.5, idle_timeout=0.5, linger_timeout=0.5, shutdown_grace=0.5)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
