@@ -429,7 +429,7 @@ class HttpServer:
             status = self.status_provider()
             if not isinstance(status, dict):
                 raise TypeError(f"status_provider returned {type(status).__name__}, not dict")
-            body = json.dumps(status, default=_json_default, sort_keys=True, indent=1).encode("utf-8") + b"\n"
+            body = json.dumps(status, default=_json_default, indent=1).encode("utf-8") + b"\n"
             return _Response(200, body, b"application/json")
         return _Response(404, b"not found\n")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import pathlib
 import random
+import re
 import shutil
 import subprocess
 
@@ -16,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
 
-PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if shutil.os.path.exists("/usr/bin/promtool") else None)
+PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 
 
 def sample_lines(text: bytes) -> list[str]:
@@ -258,3 +261,28 @@ def test_promtool_accepts_the_exposition():
     simulate_peers(m, 20, seed=3)
     proc = promtool_check(m.render())
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_docs_list_every_metric_and_only_those():
+    docs = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    exposed = {}
+    for line in NodeMetrics().render().decode().splitlines():
+        if line.startswith("# TYPE ") and not line.split()[2].endswith("_created"):
+            _, _, name, kind = line.split()
+            exposed[name] = kind
+    documented = {}
+    for row in re.findall(r"^\| `(qudag_\w+)` \| (\w+) \| ([^|]*) \|", docs, re.M):
+        documented[row[0]] = (row[1], {lab.strip(" `") for lab in row[2].split(",") if lab.strip() not in ("—", "")})
+    assert set(documented) == set(exposed)
+    labels_of = {}
+    for family in text_string_to_metric_families(NodeMetrics().render().decode()):
+        for sample in family.samples:
+            labels_of.setdefault(family.name, set()).update(k for k in sample.labels if k != "le")
+    for name, (kind, labels) in documented.items():
+        assert kind == exposed[name], name
+        base = name.removesuffix("_total")
+        assert labels == labels_of.get(base, set()), name
+    # Every enum value is documented too.
+    for values in NodeMetrics.label_values().values():
+        for v in values:
+            assert f"`{v}`" in docs, v
