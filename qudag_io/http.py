@@ -122,15 +122,14 @@ class _HttpProtocol(asyncio.Protocol):
         self._request_bytes_seen = False  # has the current request begun to arrive?
         self._idle = False  # kept alive, waiting for the next request's first byte
         self._requests_served = 0
-        self._rejected = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         if not self._server._admit(self):
-            # Over the connection limit: answer before reading anything, then go.
-            self._rejected = True
-            self._send_error(503, b"too many connections\n")
+            # Over the connection limit: answer before reading anything, then go, without
+            # lingering: shedding load quickly matters more here than a reset.
+            self._send_error(503, b"too many connections\n", linger=False)
             return
         self._arm_timer(self._limits.request_timeout)
 
@@ -244,7 +243,7 @@ class _HttpProtocol(asyncio.Protocol):
             conn.start_next_cycle()
             self._request = None
             self._body_size = 0
-            pending, _ = conn.trailing_data
+            pending, _ = conn.trailing_data  # a copy, but of at most one read's worth
             self._request_bytes_seen = bool(pending)
             self._idle = not pending
             self._arm_timer(self._limits.idle_timeout if self._idle else self._limits.request_timeout)
@@ -265,17 +264,20 @@ class _HttpProtocol(asyncio.Protocol):
         if self._requests_served >= self._limits.max_requests_per_connection:
             close = True
         self._send(response, head=request.method == b"HEAD", close=close)
+        if close:
+            self._close()
 
-    def _send_error(self, status: int, body: bytes) -> None:
+    def _send_error(self, status: int, body: bytes, *, linger: bool = True) -> None:
         """A client error: answer it if h11 still can, then close the connection."""
         if status not in _REASONS or status < 400:
             status = 400
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             head = self._request is not None and self._request.method == b"HEAD"
             self._send(_Response(status, body), head=head, close=True)
-        self._close()
+        self._close(linger=linger)
 
     def _send(self, response: _Response, *, head: bool, close: bool) -> None:
+        """Write one complete response; ``close`` announces ``Connection: close``."""
         headers = [
             *response.headers,
             (b"content-length", b"%d" % len(response.body)),
@@ -292,8 +294,6 @@ class _HttpProtocol(asyncio.Protocol):
         out += conn.send(h11.EndOfMessage())
         assert self.transport is not None
         self.transport.write(out)
-        if close:
-            self._close()
 
     # -- timers and closing -----------------------------------------------------------
     def _arm_timer(self, delay: float) -> None:
@@ -319,7 +319,7 @@ class _HttpProtocol(asyncio.Protocol):
         else:
             self._close()  # idle: nothing to answer
 
-    def _close(self) -> None:
+    def _close(self, *, linger: bool = True) -> None:
         """Close gracefully: the response already written must reach the client.
 
         RFC 9112 §9.6: closing outright while the client's input is still unread makes
@@ -335,7 +335,7 @@ class _HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if self._eof or not transport.can_write_eof():
+        if not linger or self._eof or not transport.can_write_eof():
             transport.close()
         else:
             self._lingering = True
