@@ -20,7 +20,9 @@ module only adds what a server facing the network needs on top:
   ``idle_timeout`` bounds the wait for the next request on a kept-alive connection;
 * at most ``max_connections`` clients at a time; one more is answered 503 and closed;
 * a client that stops reading responses stops being read (write-buffer backpressure),
-  so pipelined requests cannot make the server buffer responses without bound.
+  so pipelined requests cannot make the server buffer responses without bound;
+* closing is done in stages (RFC 9112 §9.6): write side first, then input is discarded
+  until the client's EOF or ``linger_timeout``, so a final 4xx is not lost to a reset.
 
 The decision a reader would ask about: client errors are *never* exceptions that leave
 the protocol.  h11's ``RemoteProtocolError`` becomes a 4xx response (when h11 says one
