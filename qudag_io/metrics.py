@@ -1,0 +1,291 @@
+"""Per-node Prometheus metrics with bounded, anonymous label values.
+
+Every node owns one :class:`NodeMetrics`, which owns its own ``CollectorRegistry``; the
+process-wide default registry is never touched, so several nodes in one process (tests,
+the simulator) do not collide and each exports only its own figures.
+
+The decision a reader would ask about: **every label value comes from a small fixed
+enum, and anything else is recorded as** ``"other"``.  Callers pass reasons and operation
+names straight from code paths that also know peer ids, IP addresses and dark addresses;
+if one of those ever reached a label it would both leak it to whoever scrapes
+``/metrics`` and create one time series per peer.  Normalising at this one boundary keeps
+the exposition anonymous and the series count constant whatever the number of peers.  All
+label combinations are created up front, so the set of series is also the same before
+and after activity (Prometheus' advice for labelled metrics: absent series break
+``rate()`` and alerts).
+
+Latency histograms (``qudag_dht_operation_duration_seconds``) observe successful
+operations only: a timed-out query's "latency" is the configured timeout, and counting it
+would pin the upper quantiles there.  Timeouts and errors are counted in
+``qudag_dht_operations_total``.  The full list of metrics is in ``docs/metrics.md``.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from typing import Iterable, Union
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+__all__ = [
+    "DHT_LATENCY_BUCKETS",
+    "DhtOp",
+    "DhtOutcome",
+    "Direction",
+    "HandshakeFailure",
+    "Limiter",
+    "NodeMetrics",
+    "Transport",
+]
+
+OTHER = "other"
+
+
+class Direction(enum.StrEnum):
+    """Who opened a connection."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    OTHER = OTHER
+
+
+class HandshakeFailure(enum.StrEnum):
+    """Why a link handshake failed (label ``reason``)."""
+
+    TIMEOUT = "timeout"
+    BAD_MESSAGE = "bad_message"
+    AUTH_FAILED = "auth_failed"
+    VERSION = "version"
+    COOKIE = "cookie"
+    OTHER = OTHER
+
+
+class Transport(enum.StrEnum):
+    """Which socket type the bytes went through (label ``transport``)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    OTHER = OTHER
+
+
+class DhtOp(enum.StrEnum):
+    """DHT operation (label ``op``): BEP 5 queries, BEP 44 get/put and qudag records."""
+
+    PING = "ping"
+    FIND_NODE = "find_node"
+    GET_PEERS = "get_peers"
+    ANNOUNCE_PEER = "announce_peer"
+    GET = "get"
+    PUT = "put"
+    QD_GET = "qd_get"
+    QD_PUT = "qd_put"
+    OTHER = OTHER
+
+
+class DhtOutcome(enum.StrEnum):
+    """How a DHT operation ended (label ``outcome``)."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    OTHER = OTHER
+
+
+class Limiter(enum.StrEnum):
+    """Which rate limiter dropped something (label ``limiter``)."""
+
+    CONNECTIONS = "connections"
+    HANDSHAKES = "handshakes"
+    DHT_QUERIES = "dht_queries"
+    CELLS = "cells"
+    CIRCUITS = "circuits"
+    HTTP = "http"
+    OTHER = OTHER
+
+
+#: Seconds; from a loopback round trip to a slow intercontinental one.
+DHT_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_Label = Union[str, enum.Enum]
+
+
+def _canon(kind: type[enum.StrEnum]) -> dict[str, str]:
+    return {member.value: member.value for member in kind}
+
+
+_DIRECTIONS = _canon(Direction)
+_HANDSHAKE_REASONS = _canon(HandshakeFailure)
+_TRANSPORTS = _canon(Transport)
+_DHT_OPS = _canon(DhtOp)
+_DHT_OUTCOMES = _canon(DhtOutcome)
+_LIMITERS = _canon(Limiter)
+
+
+def _label(value: object, allowed: dict[str, str]) -> str:
+    """The canonical label value for *value*, or ``"other"`` if it is not in the enum.
+
+    Only an exact match counts (``"Timeout"`` is "other"), and the string returned is
+    always the enum's own object, never the caller's, so nothing the caller computed can
+    reach the exposition.
+    """
+    if isinstance(value, str):  # StrEnum members are str too
+        return allowed.get(str.__str__(value), OTHER)
+    return OTHER
+
+
+def _amount(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"expected a non-negative int, got {n!r}")
+    return n
+
+
+class NodeMetrics:
+    """The metrics of one node, in a private ``CollectorRegistry``.
+
+    The node calls the recording methods (``handshake_ok()``, ``dht_op(op, outcome,
+    seconds)``...); ``render()`` produces the Prometheus text exposition.  Label
+    arguments accept the enum members above or their string values; anything else is
+    recorded as ``"other"``.  Recording never raises for a label value; counts must be
+    non-negative ints (``ValueError`` otherwise, as that is a bug in the caller).
+    """
+
+    def __init__(self, *, namespace: str = "qudag") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        ns = namespace
+
+        self._conn_opened = Counter("connections_opened", "Link connections opened.", ["direction"], namespace=ns, registry=reg)
+        self._conn_closed = Counter("connections_closed", "Link connections closed.", ["direction"], namespace=ns, registry=reg)
+        self._conn_active = Gauge("connections_active", "Link connections currently open.", ["direction"], namespace=ns, registry=reg)
+
+        self._hs_ok = Counter("handshakes_ok", "Link handshakes completed.", namespace=ns, registry=reg)
+        self._hs_failed = Counter("handshakes_failed", "Link handshakes that failed, by reason.", ["reason"], namespace=ns, registry=reg)
+
+        self._bytes_in = Counter("bytes_received", "Bytes received from the network (payload of reads/datagrams).", ["transport"], namespace=ns, registry=reg)
+        self._bytes_out = Counter("bytes_sent", "Bytes sent to the network (payload of writes/datagrams).", ["transport"], namespace=ns, registry=reg)
+
+        self._dht_ops = Counter("dht_operations", "DHT operations this node started, by operation and outcome.", ["op", "outcome"], namespace=ns, registry=reg)
+        self._dht_latency = Histogram(
+            "dht_operation_duration_seconds",
+            "Latency of DHT operations that succeeded, by operation.",
+            ["op"],
+            namespace=ns,
+            registry=reg,
+            buckets=DHT_LATENCY_BUCKETS,
+        )
+
+        self._circ_built = Counter("circuits_built", "Onion circuits built.", namespace=ns, registry=reg)
+        self._circ_failed = Counter("circuits_failed", "Onion circuits whose construction failed.", namespace=ns, registry=reg)
+        self._circ_active = Gauge("circuits_active", "Onion circuits currently open.", namespace=ns, registry=reg)
+        self._cells_relayed = Counter("cells_relayed", "Onion cells relayed for other nodes.", namespace=ns, registry=reg)
+
+        self._resolver_hits = Counter("resolver_cache_hits", "Dark-address resolutions answered from the cache.", namespace=ns, registry=reg)
+        self._resolver_misses = Counter("resolver_cache_misses", "Dark-address resolutions that missed the cache.", namespace=ns, registry=reg)
+
+        self._ratelimit_drops = Counter("ratelimit_drops", "Messages, connections or requests dropped by a rate limiter.", ["limiter"], namespace=ns, registry=reg)
+
+        # Every label combination exists from the start: a constant set of series.
+        for d in _DIRECTIONS:
+            self._conn_opened.labels(d)
+            self._conn_closed.labels(d)
+            self._conn_active.labels(d)
+        for r in _HANDSHAKE_REASONS:
+            self._hs_failed.labels(r)
+        for t in _TRANSPORTS:
+            self._bytes_in.labels(t)
+            self._bytes_out.labels(t)
+        for op in _DHT_OPS:
+            self._dht_latency.labels(op)
+            for outcome in _DHT_OUTCOMES:
+                self._dht_ops.labels(op, outcome)
+        for lim in _LIMITERS:
+            self._ratelimit_drops.labels(lim)
+
+    # -- connections --------------------------------------------------------------
+    def connection_opened(self, direction: _Label = Direction.INBOUND) -> None:
+        d = _label(direction, _DIRECTIONS)
+        self._conn_opened.labels(d).inc()
+        self._conn_active.labels(d).inc()
+
+    def connection_closed(self, direction: _Label = Direction.INBOUND) -> None:
+        """Pair with :meth:`connection_opened` (same direction) for every connection."""
+        d = _label(direction, _DIRECTIONS)
+        self._conn_closed.labels(d).inc()
+        self._conn_active.labels(d).dec()
+
+    # -- handshakes ---------------------------------------------------------------
+    def handshake_ok(self) -> None:
+        self._hs_ok.inc()
+
+    def handshake_failed(self, reason: _Label) -> None:
+        self._hs_failed.labels(_label(reason, _HANDSHAKE_REASONS)).inc()
+
+    # -- traffic ------------------------------------------------------------------
+    def bytes_received(self, n: int, transport: _Label = Transport.TCP) -> None:
+        self._bytes_in.labels(_label(transport, _TRANSPORTS)).inc(_amount(n))
+
+    def bytes_sent(self, n: int, transport: _Label = Transport.TCP) -> None:
+        self._bytes_out.labels(_label(transport, _TRANSPORTS)).inc(_amount(n))
+
+    # -- DHT ----------------------------------------------------------------------
+    def dht_op(self, op: _Label, outcome: _Label, seconds: float) -> None:
+        """Count one finished DHT operation; successful ones also feed the histogram.
+
+        A latency that is not a finite non-negative number (a clock step, a caller bug)
+        is not observed, so it cannot poison ``_sum``; the operation is still counted.
+        """
+        o = _label(op, _DHT_OPS)
+        out = _label(outcome, _DHT_OUTCOMES)
+        self._dht_ops.labels(o, out).inc()
+        if out == DhtOutcome.OK.value and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            s = float(seconds)
+            if math.isfinite(s) and s >= 0.0:
+                self._dht_latency.labels(o).observe(s)
+
+    # -- onion --------------------------------------------------------------------
+    def circuit_built(self) -> None:
+        """A circuit finished building; it counts as active until :meth:`circuit_closed`."""
+        self._circ_built.inc()
+        self._circ_active.inc()
+
+    def circuit_failed(self) -> None:
+        """A circuit never completed (it was never active)."""
+        self._circ_failed.inc()
+
+    def circuit_closed(self) -> None:
+        self._circ_active.dec()
+
+    def cells_relayed(self, n: int = 1) -> None:
+        self._cells_relayed.inc(_amount(n))
+
+    # -- dark-address resolver -----------------------------------------------------
+    def resolver_cache_hit(self) -> None:
+        self._resolver_hits.inc()
+
+    def resolver_cache_miss(self) -> None:
+        self._resolver_misses.inc()
+
+    # -- rate limiting -------------------------------------------------------------
+    def ratelimit_drop(self, limiter: _Label, n: int = 1) -> None:
+        self._ratelimit_drops.labels(_label(limiter, _LIMITERS)).inc(_amount(n))
+
+    # -- exposition ----------------------------------------------------------------
+    #: Content type of :meth:`render`'s output (Prometheus text format 0.0.4).
+    content_type = CONTENT_TYPE_PLAIN_0_0_4
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this node's registry."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def label_values() -> dict[str, Iterable[str]]:
+        """Every value each label may take (for tests and docs)."""
+        return {
+            "direction": tuple(_DIRECTIONS),
+            "reason": tuple(_HANDSHAKE_REASONS),
+            "transport": tuple(_TRANSPORTS),
+            "op": tuple(_DHT_OPS),
+            "outcome": tuple(_DHT_OUTCOMES),
+            "limiter": tuple(_LIMITERS),
+        }
