@@ -17,6 +17,8 @@ relay on the path could lie about it, and such a relay could extend it anyway.
 """
 from __future__ import annotations
 
+import heapq
+
 from qudag_core.crypto import XWingPrivateKey
 from qudag_core.onion import handshake as hs
 from qudag_core.onion.cells import (
@@ -119,6 +121,9 @@ class OnionRelay:
         self._circuits: dict[tuple, _Circuit] = {}  # by prev key
         self._waiting: dict[bytes, list[_Circuit]] = {}
         self._out: list[tuple[object, bytes]] = []
+        self._half_open = 0
+        self._timers: list = []  # heap of (deadline, seq, circuit); stale entries skipped
+        self._timer_seq = 0
 
     def __repr__(self) -> str:
         return f"OnionRelay(node_id={self.node_id.hex()}, circuits={len(self._circuits)})"
@@ -161,12 +166,13 @@ class OnionRelay:
     def _new_circuit(self, key, cell: Cell, now: float) -> list:
         if cell.command != CellCommand.CREATE or cell.circ_id == 0:
             return []  # stray cell for a circuit we do not know (maybe just destroyed)
-        half_open = sum(1 for c in self._circuits.values() if c.state == R.EXPECT_CREATE)
-        if len(self._circuits) >= self._max_circuits or half_open >= self._max_half_open:
+        if len(self._circuits) >= self._max_circuits or self._half_open >= self._max_half_open:
             self._send(key, CellCommand.DESTROY, bytes([DestroyReason.INTERNAL]))
             return []
         circ = _Circuit(key, now, self._timeout)
         self._circuits[key] = circ
+        self._half_open += 1
+        self._arm(circ, circ.deadline)
         self._sides[key] = (circ, _P)
         try:
             return self._from_prev(circ, cell, cell.raw, now)
@@ -186,6 +192,7 @@ class OnionRelay:
             circ.fwd = new_layer(secret, FORWARD, CELL, HEADER_SIZE, pure=self._pure)
             circ.bwd = new_layer(secret, BACKWARD, CELL, HEADER_SIZE, pure=self._pure)
             circ.state = R.OPEN
+            self._half_open -= 1
             circ.reasm = None
             circ.deadline = None
             for frag in fragment(reply, PAYLOAD_SIZE):
@@ -207,7 +214,7 @@ class OnionRelay:
         if msg.command == RelayCommand.EXTEND:
             if circ.reasm is None:
                 circ.reasm = Reassembler(timeout=self._timeout)
-                circ.deadline = now + self._timeout
+                self._arm(circ, now + self._timeout)
             full = circ.reasm.feed(msg.data, now)
             if full is None:
                 return []
@@ -222,7 +229,7 @@ class OnionRelay:
             circ.extend_msg = full
             circ.next_node = node
             circ.state = R.AWAIT_LINK
-            circ.deadline = now + self._timeout
+            self._arm(circ, now + self._timeout)
             first = node not in self._waiting
             self._waiting.setdefault(node, []).append(circ)
             return [LinkNeeded(node_id=node)] if first else []
@@ -280,7 +287,7 @@ class OnionRelay:
             self._sides[circ.next] = (circ, _N)
             circ.state = R.EXPECT_CREATED
             circ.reasm = Reassembler(timeout=self._timeout)
-            circ.deadline = now + self._timeout
+            self._arm(circ, now + self._timeout)
             msg = bytes([circ.position + 1]) + circ.extend_msg
             circ.extend_msg = None
             for frag in fragment(msg, PAYLOAD_SIZE):
@@ -320,19 +327,35 @@ class OnionRelay:
                 lst.remove(circ)
             if not lst:
                 self._waiting.pop(circ.next_node, None)
+        if circ.state == R.EXPECT_CREATE:
+            self._half_open -= 1
         circ.state = "CLOSED"
+        circ.deadline = None
         circ.fwd = circ.bwd = None
         return [RelayCircuitClosed(link_id=circ.prev[0], circ_id=circ.prev[1], reason=int(reason))]
 
     # -- timers ----------------------------------------------------------------------------
 
+    def _arm(self, circ: _Circuit, deadline: float) -> None:
+        circ.deadline = deadline
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, circ))
+
+    def _prune(self) -> None:
+        while self._timers and self._timers[0][2].deadline != self._timers[0][0]:
+            heapq.heappop(self._timers)  # disarmed, re-armed or closed since
+
     def get_timer(self) -> float | None:
-        ds = [c.deadline for c in self._circuits.values() if c.deadline is not None]
-        return min(ds) if ds else None
+        """The earliest handshake/reassembly deadline (a heap: O(log n) per arm)."""
+        self._prune()
+        return self._timers[0][0] if self._timers else None
 
     def handle_timer(self, now: float) -> list:
         events: list = []
-        for circ in list(self._circuits.values()):
+        self._prune()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, circ = heapq.heappop(self._timers)
             if circ.deadline is not None and now >= circ.deadline:
                 events += self._destroy(circ, DestroyReason.TIMEOUT)
+            self._prune()
         return events

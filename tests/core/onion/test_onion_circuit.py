@@ -309,3 +309,33 @@ def test_client_random_local_calls(make_net, seed_rng, ops):
             pass
         net.pump(t)
     assert net.client.state in vars(ClientState).values()
+
+
+def test_half_open_cap(rng, make_net):
+    """Half-open circuits (CREATE fragments pending) are capped; completing or destroying
+    one frees its slot."""
+    net = make_net(1, rng)
+    r = net.relays[0]
+    r._max_half_open = 2
+    firsts = []
+    for cid in (11, 12, 13):
+        c = ClientCircuit(cid, rng=rng, now=0.0)
+        c.build(net.path(), 0.0)
+        firsts.append((c, c.cells_to_send()))
+    for c, cells in firsts[:2]:
+        r.receive_cell("client", cells[0], 0.0)
+    assert r.circuit_count == 2 and r.cells_to_send() == []
+    r.receive_cell("client", firsts[2][1][0], 0.0)
+    refused = r.cells_to_send()
+    assert [(C.Cell(x).circ_id, C.Cell(x).command, C.Cell(x).payload[0]) for _, x in refused] == [
+        (13, C.CellCommand.DESTROY, R.INTERNAL)
+    ]
+    for x in firsts[0][1][1:]:  # complete circuit 11: its slot is free again
+        r.receive_cell("client", x, 0.0)
+    assert any(C.Cell(x).command == C.CellCommand.CREATED for _, x in r.cells_to_send())
+    r.receive_cell("client", firsts[2][1][0], 0.0)
+    assert r.cells_to_send() == [] and r.circuit_count == 3
+    assert r.get_timer() == 30.0
+    evs = r.handle_timer(30.0)
+    assert sorted(e.circ_id for e in evs) == [12, 13]
+    assert r.circuit_count == 1 and r.get_timer() is None
