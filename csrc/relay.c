@@ -5,8 +5,10 @@
  * each.  The cipher work is cheap with AES-NI/PCLMUL; what dominates in Python is the
  * per-call overhead of creating cipher objects (CTR needs a fresh IV per cell, GMAC a
  * fresh hash).  Here one Python call handles a batch of n cells, and the EVP contexts are
- * created once per layer object and only re-keyed with a new IV per cell.  No cipher is
- * implemented here: AES-ECB, AES-CTR and AES-GCM (used as GMAC for GHASH) are libcrypto's.
+ * created once per layer object.  No cipher is implemented here: AES-256-ECB (EVP) gives
+ * the tag block cipher, the recognition value and the CTR keystream (over counter blocks,
+ * one call per 64-cell chunk), and GHASH is libcrypto's GCM128 (CLMUL) used as GMAC with
+ * EVP ECB as its block function.
  *
  * Construction (docs/onion.md §2, after Tor proposal 359 "Counter Galois Onion"): the
  * relay payload of each cell is T (16-byte tag) || C (the rest).  With per-layer keys
@@ -23,7 +25,8 @@
  * Any change to T' or C' randomises T (and, through S, every later cell on this layer).
  *
  * Bounds: the buffer must be writable, C-contiguous, a multiple of cell_size; the layer
- * covers bytes [offset, cell_size) of each cell, at least 17 bytes.  The GIL is held: a
+ * covers bytes [offset, cell_size) of each cell, 17 to 65536 bytes (the keystream scratch
+ * is CHUNK cells of that, allocated once per layer).  The GIL is held: a
  * layer object carries mutable chain state and must not be used from two threads.
  */
 #define PY_SSIZE_T_CLEAN
@@ -155,7 +158,7 @@ static int RelayLayer_init(RelayLayer *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "chain value must be 16 bytes");
         goto done;
     }
-    if (offset < 0 || cell_size <= 0 || cell_size - offset < BLK + 1 || cell_size - offset > (1 << 20)) {
+    if (offset < 0 || cell_size <= 0 || cell_size - offset < BLK + 1 || cell_size - offset > (1 << 16)) {
         PyErr_SetString(PyExc_ValueError, "bad cell_size/offset");
         goto done;
     }

@@ -87,7 +87,7 @@ class PureRelayLayer:
                 raise ValueError("relay layer keys must be 32 bytes each")
         if len(chain) != 16:
             raise ValueError("chain value must be 16 bytes")
-        if offset < 0 or cell_size <= 0 or cell_size - offset < 17:
+        if offset < 0 or cell_size <= 0 or not 17 <= cell_size - offset <= 65536:
             raise ValueError("bad cell_size/offset")
         blk = algorithms.AES(bytes(block_key))
         self._enc = Cipher(blk, modes.ECB()).encryptor()

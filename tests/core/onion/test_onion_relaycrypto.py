@@ -49,6 +49,23 @@ def test_kernel_matches_fallback(n, rng):
             assert junk == junk2
 
 
+@pytest.mark.skipif(not R.HAVE_KERNEL, reason="C kernel not built (pure build)")
+def test_kernel_zero_copy_views_and_uninitialised(rng):
+    """A memoryview slice is transformed in place (no copy); an object whose __init__ never
+    ran refuses politely."""
+    secret = rng(32)
+    big = bytearray(rng(4 * CELL_SIZE))
+    ref = bytearray(big[CELL_SIZE : 3 * CELL_SIZE])
+    layer(secret, R.FORWARD).encrypt(memoryview(big)[CELL_SIZE : 3 * CELL_SIZE], originate=True)
+    layer(secret, R.FORWARD, pure=True).encrypt(ref, originate=True)
+    assert big[CELL_SIZE : 3 * CELL_SIZE] == ref
+    bare = R._CRelayLayer.__new__(R._CRelayLayer)
+    with pytest.raises(ValueError):
+        bare.decrypt(bytearray(CELL_SIZE))
+    with pytest.raises(ValueError):
+        R._CRelayLayer(bytes(32), bytes(32), bytes(32), bytes(32), bytes(16), 70000, 0)
+
+
 @pytest.mark.parametrize("pure", [False, True])
 def test_buffer_checks(pure):
     lay = layer(SECRETS[0], R.FORWARD, pure=pure)
