@@ -200,3 +200,36 @@ def test_backward_tagging_every_bit(pure, tamper_after):
         for lay in relays:
             lay.encrypt(buf)
         assert [lay.decrypt(buf) for lay in client] == [b"\x00", b"\x00", b"\x01"]
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_construction_equations(rng, pure):
+    """docs/onion.md §2.2, recomputed from the definition with the AEAD API (AESGCM tag over
+    empty plaintext = GMAC) and raw AES blocks, independently of both implementations."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    secret = rng(32)
+    k = R.derive_layer_keys(secret, R.FORWARD)
+
+    def aes(key, block):
+        return Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
+
+    def xor(a, b):
+        return bytes(x ^ y for x, y in zip(a, b))
+
+    lay = layer(secret, R.FORWARD, pure)
+    s = k.chain
+    for _ in range(3):
+        plain = bytearray(rng(CELL_SIZE))
+        cell = bytearray(plain)
+        lay.encrypt(cell, originate=True)
+        n = aes(k.recog_key, s)
+        c = bytes(plain[HEADER_SIZE + 16 :])
+        h = AESGCM(k.hash_key).encrypt(bytes(12), b"", s + c)  # = GHASH(S||C) ^ E(J0)
+        t2 = xor(aes(k.block_key, xor(n, h)), h)
+        assert bytes(cell[HEADER_SIZE : HEADER_SIZE + 16]) == t2
+        ks = Cipher(algorithms.AES(k.ctr_key), modes.CTR(t2)).encryptor().update(bytes(len(c)))
+        assert bytes(cell[HEADER_SIZE + 16 :]) == xor(c, ks)
+        assert cell[:HEADER_SIZE] == plain[:HEADER_SIZE]  # the link header is not touched
+        s = n  # the chain moves to the plaintext-side tag
