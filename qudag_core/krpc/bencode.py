@@ -273,16 +273,10 @@ KERNEL: bool = _kernel is not None
 """Whether the C kernel serves ``decode``/``encode``."""
 
 if _kernel is not None:
-    _k_decode = _kernel.decode
-    _k_encode = _kernel.encode
-
-    def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = MAX_DEPTH) -> Any:
-        """Decode one strict bencode value that spans all of ``data``; else ``BencodeError``."""
-        return _k_decode(data, max_size, max_depth)
-
-    def encode(obj: Bencodable, max_depth: int = MAX_DEPTH) -> bytes:
-        """Canonical bencode of ``obj``; ``BencodeEncodeError`` for what bencode cannot say."""
-        return _k_encode(obj, max_depth)
+    # Bound directly (no Python wrapper frame): the kernel takes the same arguments and
+    # defaults as py_decode / py_encode.
+    decode = _kernel.decode
+    encode = _kernel.encode
 else:
     decode = py_decode
     encode = py_encode
