@@ -1,7 +1,8 @@
 """Declared errors of the KRPC layer: the bencode codec and the message parser.
 
 * ``BencodeError``: the peer's bytes are not strict, canonical bencode.  Carries the byte
-  ``offset`` where decoding stopped, and maps to KRPC error 203 (protocol error).
+  ``offset`` where decoding stopped, and maps to KRPC error 203 (protocol error).  It is a
+  ``KrpcError`` (itself a ``RemoteProtocolError``), so ``parse_message`` raises one family.
 * ``BencodeEncodeError``: we asked the encoder for something bencode cannot express
   (a ``str``, a ``float``, a non-bytes dictionary key, nesting past the limit ...).
 * ``KrpcError``: a well-formed bencode value is not an acceptable KRPC message; its
@@ -42,17 +43,6 @@ class KrpcErrorCode:
     SEQ_LESS_THAN_CURRENT = 302  #: BEP 44: ``seq`` lower than the stored one
 
 
-class BencodeError(RemoteProtocolError):
-    """The input is not strict, canonical bencode.  ``offset`` is the byte where it failed."""
-
-    error_code = KrpcErrorCode.PROTOCOL
-
-    def __init__(self, msg: str = "", *, offset: int = 0) -> None:
-        super().__init__(f"{msg} at offset {offset}")
-        self.reason: str = msg
-        self.offset: int = offset
-
-
 class BencodeEncodeError(LocalProtocolError):
     """The value handed to the encoder cannot be expressed in (our strict) bencode."""
 
@@ -66,6 +56,17 @@ class KrpcError(RemoteProtocolError):
                  transaction_id: bytes | None = None) -> None:
         super().__init__(msg, error_code=error_code)
         self.transaction_id: bytes | None = transaction_id
+
+
+class BencodeError(KrpcError):
+    """The input is not strict, canonical bencode.  ``offset`` is the byte where it failed."""
+
+    error_code = KrpcErrorCode.PROTOCOL
+
+    def __init__(self, msg: str = "", *, offset: int = 0) -> None:
+        KrpcError.__init__(self, f"{msg} at offset {offset}")
+        self.reason: str = msg
+        self.offset: int = offset
 
 
 class DatagramTooLarge(LocalProtocolError):
