@@ -72,7 +72,7 @@ def test_both_directions_and_wire_format():
     k_ir, _, _ = keys()
     header = wire[:4]
     # RFC 8439 AEAD, nonce 0^32 || counter, aad = length prefix (docs/channel.md §Wire format)
-    assert wire == header + ChaCha20Poly1305(k_ir).encrypt(bytes(12), b"\x00ping from a", header)
+    assert wire == header + ChaCha20Poly1305(k_ir).encrypt(bytes(12), b"ping from a\x00", header)
     assert int.from_bytes(header, "big") == 1 + 11 + 16
     assert messages(b.receive_data(wire)) == [b"ping from a"]
     b.send_message(b"reply")
