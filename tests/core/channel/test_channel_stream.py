@@ -378,3 +378,18 @@ def test_repr_hides_keys():
     k_ir, k_ri, _ = keys()
     r = repr(a)
     assert k_ir.hex()[:8] not in r and k_ri.hex()[:8] not in r and "OPEN" in r
+
+
+def test_hot_path_events_are_ordinary_frozen_dataclasses():
+    import dataclasses
+    import gc
+
+    a, b = make_pair()
+    a.send_message(b"fast")
+    (e,) = transfer(a, b)
+    ref = MessageReceived(data=b"fast")
+    assert type(e) is MessageReceived and e == ref and hash(e) == hash(ref) and repr(e) == repr(ref)
+    assert gc.is_tracked(e) == gc.is_tracked(ref)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.data = b"changed"
+    assert dataclasses.replace(e, data=b"x") == MessageReceived(data=b"x")
