@@ -308,8 +308,10 @@ class SecureChannel:
         to the constructor or ``handle_timer`` is used.  Never raises for bad input."""
         if now is not None:
             self._now = now
+        # Frames handled below append to the pending list, after events already queued.
         events = self._pending
-        self._pending = events  # frames handled below append here, after queued events
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = memoryview(data).cast("B")  # lengths below count bytes, not items
         try:
             if self._state is _OPEN and data:
                 buf = self._in
