@@ -9,6 +9,7 @@ Goals (docs/channel.md §Performance): 512-byte message <= 1.2x the bare time;
 16 KiB message >= 0.9x the bare throughput.  Each channel benchmark prints and stores
 (``extra_info``) its ratio against the bare one run just before it.
 
+    PYTHONPATH=. python tools/inplace.py qudag_core/_build.py qudag_core/channel/*.py csrc/aead.c
     PYTHONPATH=. python -m pytest benches/bench_channel.py --benchmark-only \
         --benchmark-columns=min,median,mean,ops,rounds
 """
