@@ -12,8 +12,9 @@
  * RFC 8439); nothing cryptographic is implemented here.
  *
  * Wire formats (must match qudag_core/channel/frames.py byte for byte):
- *   stream frame   = len:u32be || AEAD(nonce, type:u8 || payload, aad = len:u32be)
- *                    where len = 1 + len(payload) + 16 (the body length)
+ *   stream frame   = len:u32be || AEAD(nonce, payload || type:u8, aad = len:u32be)
+ *                    where len = len(payload) + 1 + 16 (the body length); the type
+ *                    byte trails the payload as in TLS 1.3's TLSInnerPlaintext
  *   datagram       = counter:u64be || AEAD(nonce, payload, aad = counter:u64be)
  *   nonce          = 0x00000000 || counter:u64be
  *
@@ -108,10 +109,13 @@ acquire(FrameCipher *self)
 
 /* ---- core cipher steps (no Python API inside: may run without the GIL) ---- */
 
-/* Encrypt [pre(prelen)] || in(inlen) into out, with aad; write tag after.  0 on success. */
+/* Encrypt in(inlen) || [post(postlen)] into out with aad, tag to tag.  0 on success.
+ * The bulk goes first in one EVP update: measured with OpenSSL 3.0, a short update
+ * *before* the bulk costs a few hundred ns per frame (the bulk then runs misaligned to
+ * the ChaCha20 block), one after it costs nothing measurable. */
 static int
 do_seal(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *aad, int aadlen,
-        const unsigned char *pre, int prelen, const unsigned char *in, int inlen,
+        const unsigned char *in, int inlen, const unsigned char *post, int postlen,
         unsigned char *out, unsigned char *tag)
 {
     int outl = 0, total = 0;
@@ -119,38 +123,35 @@ do_seal(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *aa
         return -1;
     if (EVP_EncryptUpdate(ctx, NULL, &outl, aad, aadlen) != 1)
         return -1;
-    if (prelen > 0) {
-        if (EVP_EncryptUpdate(ctx, out, &outl, pre, prelen) != 1)
+    if (inlen > 0) {
+        if (EVP_EncryptUpdate(ctx, out, &outl, in, inlen) != 1)
             return -1;
         total += outl;
     }
-    if (inlen > 0) {
-        if (EVP_EncryptUpdate(ctx, out + total, &outl, in, inlen) != 1)
+    if (postlen > 0) {
+        if (EVP_EncryptUpdate(ctx, out + total, &outl, post, postlen) != 1)
             return -1;
         total += outl;
     }
     if (EVP_EncryptFinal_ex(ctx, out + total, &outl) != 1)
         return -1;
     total += outl;
-    if (total != prelen + inlen)
+    if (total != inlen + postlen)
         return -1;
     if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, tag) != 1)
         return -1;
     return 0;
 }
 
-/* Decrypt ct(ctlen) and verify the tag.  The first plaintext byte goes to *first (when
- * first is not NULL) and the rest to out.  The first ChaCha20 block is decrypted into a
- * stack buffer so that every EVP update stays block aligned (a 1-byte update first would
- * leave the bulk misaligned).  Returns 0 ok, 1 authentication failure, -1 library failure. */
+/* Decrypt ct(ctlen) into out (ctlen bytes of room) in one EVP update and verify the tag.
+ * Returns 0 ok, 1 authentication failure, -1 library failure. */
 static int
 do_open(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *aad, int aadlen,
-        const unsigned char *ct, int ctlen, unsigned char *first, unsigned char *out,
-        const unsigned char *tag)
+        const unsigned char *ct, int ctlen, unsigned char *out, const unsigned char *tag)
 {
-    int outl = 0, head, skip = first != NULL ? 1 : 0;
+    int outl = 0;
     unsigned char tagbuf[TAG_SIZE];
-    unsigned char block[64];
+    unsigned char scratch[64];
     memcpy(tagbuf, tag, TAG_SIZE);
     if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1)
         return -1;
@@ -158,22 +159,12 @@ do_open(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *aa
         return -1;
     if (EVP_DecryptUpdate(ctx, NULL, &outl, aad, aadlen) != 1)
         return -1;
-    head = ctlen < 64 ? ctlen : 64;
-    if (head > 0) {
-        if (EVP_DecryptUpdate(ctx, block, &outl, ct, head) != 1 || outl != head)
-            return -1;
-        if (skip)
-            *first = block[0];
-        memcpy(out, block + skip, (size_t)(head - skip));
-        OPENSSL_cleanse(block, sizeof block);
-    }
-    if (ctlen > head) {
-        if (EVP_DecryptUpdate(ctx, out + head - skip, &outl, ct + head, ctlen - head) != 1
-            || outl != ctlen - head)
+    if (ctlen > 0) {
+        if (EVP_DecryptUpdate(ctx, out, &outl, ct, ctlen) != 1 || outl != ctlen)
             return -1;
     }
     /* chacha20-poly1305 emits nothing at Final; the scratch buffer keeps that obvious. */
-    if (EVP_DecryptFinal_ex(ctx, block, &outl) != 1)
+    if (EVP_DecryptFinal_ex(ctx, scratch, &outl) != 1)
         return 1;
     return 0;
 }
@@ -285,19 +276,15 @@ FrameCipher_seal_frame(FrameCipher *self, PyObject *const *args, Py_ssize_t narg
     unsigned char tb = (unsigned char)ftype;
     int rc;
     put_be32(out, (uint32_t)body);
-    /* type || payload is laid out in the result and encrypted in place: one EVP
-     * update over whole ChaCha20 blocks instead of a 1-byte partial block first. */
-    out[STREAM_HEADER] = tb;
-    memcpy(out + STREAM_HEADER + 1, pt.buf, (size_t)pt.len);
     make_nonce(nonce, counter);
     if (pt.len >= GIL_RELEASE_MIN) {
         Py_BEGIN_ALLOW_THREADS
-        rc = do_seal(self->enc, nonce, out, STREAM_HEADER, NULL, 0, out + STREAM_HEADER, (int)pt.len + 1,
-                     out + STREAM_HEADER, out + STREAM_HEADER + 1 + pt.len);
+        rc = do_seal(self->enc, nonce, out, STREAM_HEADER, pt.buf, (int)pt.len, &tb, 1,
+                     out + STREAM_HEADER, out + STREAM_HEADER + pt.len + 1);
         Py_END_ALLOW_THREADS
     } else {
-        rc = do_seal(self->enc, nonce, out, STREAM_HEADER, NULL, 0, out + STREAM_HEADER, (int)pt.len + 1,
-                     out + STREAM_HEADER, out + STREAM_HEADER + 1 + pt.len);
+        rc = do_seal(self->enc, nonce, out, STREAM_HEADER, pt.buf, (int)pt.len, &tb, 1,
+                     out + STREAM_HEADER, out + STREAM_HEADER + pt.len + 1);
     }
     self->busy = 0;
     PyBuffer_Release(&pt);
@@ -342,24 +329,32 @@ FrameCipher_open_frame(FrameCipher *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     unsigned char nonce[NONCE_SIZE];
-    unsigned char tb = 0;
     int rc;
+    /* payload || type decrypts straight into the bytes object: its ctlen-1 data bytes
+     * plus the trailing NUL every bytes object has (C API guarantee) hold exactly ctlen
+     * bytes.  The type byte lands on the NUL, is read, and the NUL is put back. */
+    unsigned char one[1];
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
+    unsigned char tb;
+    if (ctlen == 1)
+        out = one; /* empty payload: b"" is a shared singleton, never write into it */
     make_nonce(nonce, counter);
     if (ctlen >= GIL_RELEASE_MIN) {
         Py_BEGIN_ALLOW_THREADS
-        rc = do_open(self->dec, nonce, p, STREAM_HEADER, p + STREAM_HEADER, (int)ctlen, &tb, out,
+        rc = do_open(self->dec, nonce, p, STREAM_HEADER, p + STREAM_HEADER, (int)ctlen, out,
                      p + STREAM_HEADER + ctlen);
         Py_END_ALLOW_THREADS
     } else {
-        rc = do_open(self->dec, nonce, p, STREAM_HEADER, p + STREAM_HEADER, (int)ctlen, &tb, out,
+        rc = do_open(self->dec, nonce, p, STREAM_HEADER, p + STREAM_HEADER, (int)ctlen, out,
                      p + STREAM_HEADER + ctlen);
     }
+    tb = out[ctlen - 1];
+    out[ctlen - 1] = 0;
     self->busy = 0;
     PyBuffer_Release(&fr);
     if (rc != 0) {
         /* The unauthenticated plaintext never leaves this function. */
-        OPENSSL_cleanse(out, (size_t)(ctlen - 1));
+        OPENSSL_cleanse(out, (size_t)ctlen);
         Py_DECREF(payload);
         if (rc == 1)
             PyErr_SetString(DecryptError, "AEAD authentication failed");
@@ -416,7 +411,7 @@ FrameCipher_seal_datagram(FrameCipher *self, PyObject *const *args, Py_ssize_t n
     unsigned char nonce[NONCE_SIZE];
     put_be64(out, counter);
     make_nonce(nonce, counter);
-    int rc = do_seal(self->enc, nonce, out, DGRAM_HEADER, NULL, 0, pt.buf, (int)pt.len,
+    int rc = do_seal(self->enc, nonce, out, DGRAM_HEADER, pt.buf, (int)pt.len, NULL, 0,
                      out + DGRAM_HEADER, out + DGRAM_HEADER + pt.len);
     self->busy = 0;
     PyBuffer_Release(&pt);
@@ -460,7 +455,7 @@ FrameCipher_open_datagram(FrameCipher *self, PyObject *const *args, Py_ssize_t n
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(payload);
     memset(nonce, 0, 4);
     memcpy(nonce + 4, p, DGRAM_HEADER);
-    int rc = do_open(self->dec, nonce, p, DGRAM_HEADER, p + DGRAM_HEADER, (int)ctlen, NULL, out,
+    int rc = do_open(self->dec, nonce, p, DGRAM_HEADER, p + DGRAM_HEADER, (int)ctlen, out,
                      p + DGRAM_HEADER + ctlen);
     self->busy = 0;
     PyBuffer_Release(&pk);

@@ -2,7 +2,7 @@
 
 Wire formats (identical to the pure fallback in ``qudag_core.channel.frames``):
 
-* stream frame: ``len:u32be || AEAD(nonce, type:u8 || payload, aad=len:u32be)``
+* stream frame: ``len:u32be || AEAD(nonce, payload || type:u8, aad=len:u32be)``
 * datagram: ``counter:u64be || AEAD(nonce, payload, aad=counter:u64be)``
 * nonce: ``0x00000000 || counter:u64be``
 """

@@ -2,9 +2,11 @@
 
 Stream frame::
 
-    len:u32be || ChaCha20-Poly1305(key, nonce, plaintext = type:u8 || payload, aad = len)
+    len:u32be || ChaCha20-Poly1305(key, nonce, plaintext = payload || type:u8, aad = len)
 
-``len`` counts everything after it (type byte, payload, 16-byte tag).  The nonce is
+``len`` counts everything after it (payload, type byte, 16-byte tag).  The type byte
+trails the payload, as the content type does in TLS 1.3's TLSInnerPlaintext (RFC 8446
+§5.2): the kernel then decrypts in one block-aligned pass straight into the result.  The nonce is
 ``0x00000000 || counter:u64be`` with an implicit per-direction counter that starts at 0
 for every key.  Datagram::
 
@@ -97,14 +99,14 @@ class PureFrameCipher:
         if not 0 <= frame_type <= 255:
             raise ValueError("frame_type must fit in a byte")
         header = _U32.pack(1 + len(payload) + TAG_SIZE)
-        return header + self._key().seal(nonce_for(counter), bytes((frame_type,)) + bytes(payload), header)
+        return header + self._key().seal(nonce_for(counter), bytes(payload) + bytes((frame_type,)), header)
 
     def open_frame(self, counter: int, frame: bytes) -> tuple[int, bytes]:
         frame = bytes(frame)
         if len(frame) < STREAM_HEADER_SIZE + MIN_BODY_SIZE or _U32.unpack_from(frame)[0] != len(frame) - STREAM_HEADER_SIZE:
             raise ValueError("frame length does not match its header")
         pt = self._key().open(nonce_for(counter), frame[STREAM_HEADER_SIZE:], frame[:STREAM_HEADER_SIZE])
-        return pt[0], pt[1:]
+        return pt[-1], pt[:-1]
 
     def seal_datagram(self, counter: int, payload: bytes) -> bytes:
         nonce = nonce_for(counter)

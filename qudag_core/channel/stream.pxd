@@ -2,6 +2,17 @@
 # Counters stay Python ints: they reach 2**64, which no C integer type holds with room
 # for the "one past the last" value.
 cimport cython
+from cpython.object cimport PyObject_GenericSetAttr
+
+cdef extern from *:
+    """
+    /* tp_alloc of a plain heap type, as object.__new__ does it (the cast is what
+       Cython's own cpython.type declaration leaves out). */
+    #define qudag_alloc_instance(t) PyType_GenericAlloc((PyTypeObject *)(t), 0)
+    """
+    object qudag_alloc_instance(object t)
+
+cdef object _message_received(object payload)
 
 cdef class SecureChannel:
     cdef object _config, _state, _session_id
@@ -19,7 +30,7 @@ cdef class SecureChannel:
     cdef _update_tx_key(self)
     cdef _update_rx_key(self)
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, body=Py_ssize_t, end=Py_ssize_t, max_body=Py_ssize_t,
-                   frame_type=int, events=list)
+                   header_size=Py_ssize_t, min_body=Py_ssize_t, frame_type=int, events=list)
     cdef Py_ssize_t _parse(self, src) except -1
     cdef _control(self, int frame_type, payload)
     cdef _fail(self, exc)

@@ -1,7 +1,7 @@
 """The C kernel (qudag_core._aead) and the pure fallback put the same bytes on the wire.
 
 Both are checked against the construction written out with ``cryptography`` directly:
-RFC 8439 §2.8 AEAD, nonce = 0x00000000 || counter:u64be, frame = len || AEAD(type||payload,
+RFC 8439 §2.8 AEAD, nonce = 0x00000000 || counter:u64be, frame = len || AEAD(payload||type,
 aad=len) and datagram = counter || AEAD(payload, aad=counter) (docs/channel.md).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ COUNTERS = [0, 1, 255, 2**32, 2**64 - 1]
 def reference_frame(key: bytes, counter: int, frame_type: int, payload: bytes) -> bytes:
     header = (1 + len(payload) + 16).to_bytes(4, "big")
     nonce = bytes(4) + counter.to_bytes(8, "big")
-    return header + ChaCha20Poly1305(key).encrypt(nonce, bytes([frame_type]) + payload, header)
+    return header + ChaCha20Poly1305(key).encrypt(nonce, payload + bytes([frame_type]), header)
 
 
 def reference_datagram(key: bytes, counter: int, payload: bytes) -> bytes:

@@ -72,7 +72,7 @@ def test_both_directions_and_wire_format():
     k_ir, _, _ = keys()
     header = wire[:4]
     # RFC 8439 AEAD, nonce 0^32 || counter, aad = length prefix (docs/channel.md §Wire format)
-    assert wire == header + ChaCha20Poly1305(k_ir).encrypt(bytes(12), b"\x00ping from a", header)
+    assert wire == header + ChaCha20Poly1305(k_ir).encrypt(bytes(12), b"ping from a\x00", header)
     assert int.from_bytes(header, "big") == 1 + 11 + 16
     assert messages(b.receive_data(wire)) == [b"ping from a"]
     b.send_message(b"reply")
@@ -378,3 +378,53 @@ def test_repr_hides_keys():
     k_ir, k_ri, _ = keys()
     r = repr(a)
     assert k_ir.hex()[:8] not in r and k_ri.hex()[:8] not in r and "OPEN" in r
+
+
+def test_hot_path_events_are_ordinary_frozen_dataclasses():
+    import dataclasses
+    import gc
+
+    a, b = make_pair()
+    a.send_message(b"fast")
+    (e,) = transfer(a, b)
+    ref = MessageReceived(data=b"fast")
+    assert type(e) is MessageReceived and e == ref and hash(e) == hash(ref) and repr(e) == repr(ref)
+    assert gc.is_tracked(e) == gc.is_tracked(ref)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.data = b"changed"
+    assert dataclasses.replace(e, data=b"x") == MessageReceived(data=b"x")
+
+
+def test_any_buffer_is_read_as_bytes():
+    import array
+
+    a, b = make_pair()
+    a.send_message(b"x" * 37)
+    wire = a.data_to_send()
+    wire += bytes(-len(wire) % 4)  # pad to whole 4-byte items; the padding starts a partial frame
+    events = b.receive_data(array.array("I", wire))
+    assert messages(events) == [b"x" * 37] and b.buffered_bytes == len(wire) - 4 - 37 - 17
+
+
+def test_threads_with_separate_channels_and_large_frames():
+    """Kernel frames >= 8 KiB run without the GIL; separate channels stay independent."""
+    import threading
+
+    results = {}
+
+    def worker(seed: bytes) -> None:
+        a, b = make_pair(seed=seed)
+        rnd = random.Random(seed)
+        sent = [rnd.randbytes(rnd.randrange(8192, 65537)) for _ in range(30)]
+        got = []
+        for m in sent:
+            a.send_message(m)
+            got += messages(transfer(a, b))
+        results[seed] = got == sent
+
+    threads = [threading.Thread(target=worker, args=(bytes([i]),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {bytes([i]): True for i in range(4)}
