@@ -247,6 +247,7 @@ class _Base:
     def _fail(self, exc: Exception, by_peer: bool = False) -> Terminated:
         self._state = State.FAILED
         self._forget()
+        exc.__traceback__ = None  # no frame cycle keeps this connection alive
         code = int(getattr(exc, "error_code", 1)) & 0xFFFF
         if not by_peer:
             try:
@@ -269,6 +270,8 @@ class _Base:
         if st == State.FAILED:
             return []
         if st == State.DONE:
+            if not data:
+                return []
             raise HandshakeUsageError("handshake finished: feed later bytes to the secure channel")
         if now is not None:
             self._now = max(self._now, float(now))
