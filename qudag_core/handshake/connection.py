@@ -258,6 +258,7 @@ class _Base:
     def _fail(self, exc: Exception, by_peer: bool = False) -> Terminated:
         self._state = State.FAILED
         self._forget()
+        self._reader.take_rest()  # a failed handshake holds no peer bytes
         exc.__traceback__ = None  # no frame cycle keeps this connection alive
         code = int(getattr(exc, "error_code", 1)) & 0xFFFF
         if not by_peer:
