@@ -77,6 +77,17 @@ COOKIE_PERIOD = 120.0
 _REPLAY_KEY_SIZE = 16
 
 
+def _bounds(*types) -> dict:
+    """Frame types a state parses at all, with their body bounds (ALERT everywhere)."""
+    return {t: MAX_BODY[t] for t in types + (T_ALERT,)}
+
+
+_I_EXPECT_CERT = _bounds(T_CERT_REPLY)
+_I_EXPECT_RESPONSE = _bounds(T_COOKIE, T_RESPONSE)
+_R_EXPECT_INIT = _bounds(T_CERT_REQUEST, T_INIT)
+_R_EXPECT_FINISH = _bounds(T_FINISH)
+
+
 class State:
     """Handshake states, named for what they wait for."""
 
@@ -247,6 +258,8 @@ class _Base:
     def _fail(self, exc: Exception, by_peer: bool = False) -> Terminated:
         self._state = State.FAILED
         self._forget()
+        self._reader.take_rest()  # a failed handshake holds no peer bytes
+        exc.__traceback__ = None  # no frame cycle keeps this connection alive
         code = int(getattr(exc, "error_code", 1)) & 0xFFFF
         if not by_peer:
             try:
@@ -269,15 +282,22 @@ class _Base:
         if st == State.FAILED:
             return []
         if st == State.DONE:
+            if not data:
+                return []
             raise HandshakeUsageError("handshake finished: feed later bytes to the secure channel")
         if now is not None:
             self._now = max(self._now, float(now))
+        data = bytes(data)
         self.bytes_received += len(data)
-        self._reader.feed(data)
         events: list = []
+        first = True
         try:
             while self._state not in (State.DONE, State.FAILED):
-                fr = self._reader.next_frame(self._allowed())
+                if first:
+                    fr = self._reader.next_frame_from(data, self._allowed())
+                    first = False
+                else:
+                    fr = self._reader.next_frame(self._allowed())
                 if fr is None:
                     break
                 ftype, body = fr
@@ -353,9 +373,7 @@ class InitiatorHandshake(_Base):
         return f"InitiatorHandshake(state={self._state})"
 
     def _allowed(self) -> dict:
-        if self._state == State.EXPECT_CERT:
-            return {T_CERT_REPLY: MAX_BODY[T_CERT_REPLY], T_ALERT: MAX_BODY[T_ALERT]}
-        return {T_COOKIE: MAX_BODY[T_COOKIE], T_RESPONSE: MAX_BODY[T_RESPONSE], T_ALERT: MAX_BODY[T_ALERT]}
+        return _I_EXPECT_CERT if self._state == State.EXPECT_CERT else _I_EXPECT_RESPONSE
 
     def _dispatch(self, ftype: int, body: bytes):
         name = self._TABLE.get((self._state, ftype))
@@ -438,9 +456,7 @@ class ResponderHandshake(_Base):
         return f"ResponderHandshake(state={self._state}, peer={self.peer_address!r})"
 
     def _allowed(self) -> dict:
-        if self._state == State.EXPECT_INIT:
-            return {T_CERT_REQUEST: MAX_BODY[T_CERT_REQUEST], T_INIT: MAX_BODY[T_INIT], T_ALERT: MAX_BODY[T_ALERT]}
-        return {T_FINISH: MAX_BODY[T_FINISH], T_ALERT: MAX_BODY[T_ALERT]}
+        return _R_EXPECT_INIT if self._state == State.EXPECT_INIT else _R_EXPECT_FINISH
 
     def _dispatch(self, ftype: int, body: bytes):
         name = self._TABLE.get((self._state, ftype))

@@ -91,11 +91,20 @@ def frame(ftype: int, body: bytes) -> bytes:
 
 def encode_versions(versions) -> bytes:
     versions = tuple(versions)
+    cached = _VERSION_FIELDS.get(versions)
+    if cached is not None:
+        return cached
     if not 1 <= len(versions) <= MAX_VERSIONS:
         raise ValueError(f"offer 1..{MAX_VERSIONS} versions")
     if len(set(versions)) != len(versions) or not all(isinstance(v, int) and 0 < v < 65536 for v in versions):
         raise ValueError("versions must be distinct integers in 1..65535")
-    return bytes((len(versions),)) + struct.pack(f">{len(versions)}H", *versions)
+    field = bytes((len(versions),)) + struct.pack(f">{len(versions)}H", *versions)
+    if len(_VERSION_FIELDS) < 64:
+        _VERSION_FIELDS[versions] = field
+    return field
+
+
+_VERSION_FIELDS: dict = {}
 
 
 def split_init(body: bytes) -> tuple:
@@ -134,6 +143,20 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+
+    def next_frame_from(self, data: bytes, allowed: dict):
+        """Fast path for the common case of an empty buffer and one whole frame in
+        ``data``: no copy through the buffer.  Otherwise buffer ``data`` and return
+        ``next_frame(allowed)``."""
+        if not self._buf and len(data) >= FRAME_HEADER_SIZE:
+            ftype = data[0]
+            max_body = allowed.get(ftype, -1)
+            length = (data[1] << 8) | data[2]
+            if max_body >= 0 and length <= max_body and len(data) == FRAME_HEADER_SIZE + length:
+                self.consumed += len(data)
+                return ftype, data[FRAME_HEADER_SIZE:]
+        self._buf += data
+        return self.next_frame(allowed)
 
     def buffered(self) -> int:
         return len(self._buf)

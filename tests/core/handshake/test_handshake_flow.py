@@ -253,3 +253,43 @@ def test_terminated_errors_are_declared():
     init, resp = handshake_pair()
     (t,) = resp.receive_data(b"\x03\xff\xff")
     assert isinstance(t.error, QudagError)
+
+
+def test_expired_initiator_certificate_rejected_by_responder():
+    from qudag_core.handshake import InitiatorHandshake
+
+    ident = identity("initiator")
+    old = ident.issue_certificate([], now=NOW - 10 * 86400, lifetime=86400)
+    init = InitiatorHandshake(ident, old, rng=Rng(b"old"), now=NOW, peer_certificate=certificate("responder"))
+    resp = responder_context().new_handshake(now=NOW, peer_address=INITIATOR_ADDR)
+    ev_i, ev_r = roundtrip(init, resp)
+    assert terminated(ev_r)[0].error_code == CertificateExpired.error_code
+    assert terminated(ev_i)[0].by_peer and not completed(ev_i + ev_r)
+
+
+@pytest.mark.parametrize("header", [b"\x03\xff\xff", b"\x06\x00\x21", b"\x01\x10\x01"])
+def test_oversized_frame_refused_from_its_header(header):
+    """The body bound is enforced before any body byte is buffered."""
+    from qudag_core.handshake import MessageTooLarge
+
+    resp = responder_context().new_handshake(now=NOW, peer_address=INITIATOR_ADDR, address_validated=True)
+    if header[0] == 0x06:  # FINISH is only parsed in EXPECT_FINISH
+        init = initiator()
+        resp.receive_data(init.data_to_send())
+    (t,) = resp.receive_data(header)
+    assert t.error_code == MessageTooLarge.error_code
+
+
+@pytest.mark.parametrize("ftype", [0x00, 0x02, 0x04, 0x05, 0x06, 0x07, 0x7F, 0xFF])
+def test_frames_not_allowed_in_expect_init(ftype):
+    resp = responder_context().new_handshake(now=NOW, peer_address=INITIATOR_ADDR, address_validated=True)
+    (t,) = resp.receive_data(bytes([ftype]))  # refused from the type byte alone
+    assert t.error_code == UnexpectedMessage.error_code
+
+
+@pytest.mark.parametrize("ftype", [0x01, 0x02, 0x03, 0x06, 0x99])
+def test_frames_not_allowed_in_expect_response(ftype):
+    init = initiator()
+    init.data_to_send()
+    (t,) = init.receive_data(bytes([ftype, 0, 0]))
+    assert t.error_code == UnexpectedMessage.error_code
