@@ -48,13 +48,36 @@ class XWingPublicKey:
         self._pk_x = _x.X25519PublicKey.from_public_bytes(self._pk_x_raw)
         self.raw: bytes = raw
 
+    @property
+    def mlkem_key(self) -> MlKem768PublicKey:
+        """The validated ML-KEM-768 half."""
+        return self._pk_m
+
+    @property
+    def x25519_public(self) -> bytes:
+        """The 32-byte X25519 half."""
+        return self._pk_x_raw
+
     def encapsulate(self, rng) -> tuple[bytes, bytes]:
         """Return ``(shared_secret, ciphertext)``; ``rng`` supplies the X25519 ephemeral."""
         ek_x = X25519PrivateKey(rng(32))
-        ct_x = ek_x.public
-        ss_x = ek_x.exchange(self._pk_x)
-        ss_m, ct_m = self._pk_m.encapsulate()
-        return _combine(ss_m, ss_x, ct_x, self._pk_x_raw), ct_m + ct_x
+        ss, ct_m = self.encapsulate_with_x25519(ek_x)
+        return ss, ct_m + ek_x.public
+
+    def encapsulate_with_x25519(self, ephemeral: X25519PrivateKey, mlkem_encapsulate=None) -> tuple[bytes, bytes]:
+        """X-Wing encapsulation (§5.3) whose X25519 ephemeral is supplied by the caller,
+        so one ephemeral can serve several encapsulations (Noise's es/ee/se pattern).
+
+        Returns ``(shared_secret, ct_M)``: the full X-Wing ciphertext is
+        ``ct_M || ephemeral.public``.  ``mlkem_encapsulate(MlKem768PublicKey) -> (ss, ct)``
+        may replace the library call so recorded encapsulations can be replayed in
+        known-answer tests."""
+        if mlkem_encapsulate is None:
+            ss_m, ct_m = self._pk_m.encapsulate()
+        else:
+            ss_m, ct_m = mlkem_encapsulate(self._pk_m)
+        ss_x = ephemeral.exchange(self._pk_x)
+        return _combine(ss_m, ss_x, ephemeral.public, self._pk_x_raw), ct_m
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, XWingPublicKey) and other.raw == self.raw
@@ -86,6 +109,11 @@ class XWingPrivateKey:
     @classmethod
     def generate(cls, rng) -> "XWingPrivateKey":
         return cls(rng(SK_SIZE))
+
+    @property
+    def x25519_key(self) -> X25519PrivateKey:
+        """The X25519 half (for ``XWingPublicKey.encapsulate_with_x25519``)."""
+        return self._sk_x
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
         """Return the 32-byte shared secret.  A wrong-length ciphertext raises

@@ -41,7 +41,6 @@ from qudag_core.crypto.mlkem import CT_SIZE as MLKEM_CT_SIZE
 from qudag_core.crypto.x25519 import X25519PrivateKey
 from qudag_core.crypto.xwing import PK_SIZE as XWING_PK_SIZE
 from qudag_core.crypto.xwing import XWingPrivateKey, XWingPublicKey
-from qudag_core.crypto.xwing import _combine as _xwing_combine
 from qudag_core.errors import CryptoError, DecryptError
 from qudag_core.handshake.errors import (
     AuthenticationFailed,
@@ -90,15 +89,9 @@ def _library_mlkem_encapsulate(mlkem_public_key):
 
 
 def _encapsulate_shared(pk: XWingPublicKey, eph_x: X25519PrivateKey, mlkem_encapsulate):
-    """X-Wing encapsulation (draft-connolly-cfrg-xwing-kem §5.3) whose X25519 ephemeral
-    is ``eph_x``, shared with the caller's other encapsulations.  Returns
-    ``(shared_secret, ct_M)``; the full ciphertext is ``ct_M || eph_x.public``.
-
-    Reads the parsed halves the ``XWingPublicKey`` wrapper keeps, so no key is parsed
-    twice (docs/handshake.md: integrator note on a public accessor)."""
-    ss_m, ct_m = mlkem_encapsulate(pk._pk_m)
-    ss_x = eph_x.exchange(pk._pk_x)
-    return _xwing_combine(ss_m, ss_x, eph_x.public, pk._pk_x_raw), ct_m
+    """X-Wing encapsulation whose X25519 ephemeral ``eph_x`` is shared with the caller's
+    other encapsulations: ``(shared_secret, ct_M)``, full ciphertext ``ct_M || eph_x.public``."""
+    return pk.encapsulate_with_x25519(eph_x, mlkem_encapsulate)
 
 
 class SessionKeys:
@@ -225,7 +218,7 @@ def initiator_start(
     eph = ephemeral_key if ephemeral_key is not None else XWingPrivateKey(rng(32))
     menc = mlkem_encapsulate if mlkem_encapsulate is not None else _library_mlkem_encapsulate
     # ct1's X25519 share is the ephemeral key's own X25519 half (Noise "es").
-    ss1, ct1_m = _encapsulate_shared(peer_certificate.xwing_key(), eph._sk_x, menc)
+    ss1, ct1_m = _encapsulate_shared(peer_certificate.xwing_key(), eph.x25519_key, menc)
     epk = eph.public_key.raw
     t = _transcript_start(versions_field, peer_certificate, epk, ct1_m + epk[_XWING_X_OFFSET:])
     h1 = t.digest()
