@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from collections import Counter
@@ -18,6 +17,7 @@ import asyncio
 
 import pytest
 import uvloop
+from testutil import DeterministicRng
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VECTORS = ROOT.parent / "shared" / "vectors"
@@ -38,21 +38,6 @@ def vector_count():
         _COUNTS[name] += n
 
     return record
-
-
-class DeterministicRng:
-    """A counter-mode SHA-256 stream: reproducible ``rng(n) -> bytes`` for tests."""
-
-    def __init__(self, seed: bytes = b"qudag-test") -> None:
-        self._seed = seed
-        self._ctr = 0
-
-    def __call__(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(self._seed + self._ctr.to_bytes(8, "big")).digest()
-            self._ctr += 1
-        return out[:n]
 
 
 @pytest.fixture

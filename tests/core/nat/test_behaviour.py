@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DeterministicRng
+from testutil import DeterministicRng
 from qudag_core.nat import behaviour as B
 from qudag_core.nat import stun as S
 from qudag_core.nat.events import (

@@ -307,7 +307,7 @@ _action = st.one_of(
 def test_random_event_orders(actions):
     """Whatever the order of requests, answers, junk and timers: no exception, each
     transaction ends exactly once, and every transaction sends at most Rc datagrams."""
-    from conftest import DeterministicRng
+    from testutil import DeterministicRng
 
     c = StunClient(rng=DeterministicRng(b"order"), rc=4)
     now = 0.0
@@ -362,7 +362,7 @@ def test_random_event_orders(actions):
 def test_client_survives_any_datagram(data, flips, use_valid, creds):
     """Arbitrary bytes, or a valid response with bytes overwritten, fed to a client with a
     live transaction: events or nothing, never an exception; the counters add up."""
-    from conftest import DeterministicRng
+    from testutil import DeterministicRng
 
     c = StunClient(rng=DeterministicRng(b"fuzz"))
     credentials = {None: None, "short": ShortTermCredentials(username="u", password="p"),
