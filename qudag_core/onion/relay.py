@@ -1,0 +1,361 @@
+"""Relay side of circuits: a sans-IO table of circuits across links (docs/onion.md §3).
+
+Driving API: ``receive_cell(link_id, data, now) -> list[Event]``, ``cells_to_send() ->
+list[(link_id, bytes)]``, ``link_ready / link_failed / link_closed``, ``get_timer()``,
+``handle_timer(now)``.  Links are opaque ids chosen by the adapter.
+
+Each circuit has a *prev* side (toward the client) and, once extended, a *next* side.
+Per side and state only some link commands are parsed at all (``ALLOWED``); anything else,
+a failed handshake, or a forward cell that no layer recognises and that cannot be passed
+on, tears the circuit down: DESTROY goes out on every side it did not come from, so a
+DESTROY anywhere travels the whole path.
+
+The decision a reader asks about: how a relay knows it would be the 9th hop.  Every CREATE
+carries a one-byte hop position, set to 1 by the client and to ``own + 1`` by the relay that
+extends; a relay at position ``max_hops`` refuses EXTEND and destroys the circuit.  Only a
+relay on the path could lie about it, and such a relay could extend it anyway.
+"""
+from __future__ import annotations
+
+import heapq
+
+from qudag_core.crypto import XWingPrivateKey
+from qudag_core.onion import handshake as hs
+from qudag_core.onion.cells import (
+    CIRC_ID_SIZE,
+    HEADER_SIZE,
+    PAYLOAD_SIZE,
+    RELAY_DATA_MAX,
+    Cell,
+    CellCommand,
+    CellError,
+    DestroyReason,
+    RelayCommand,
+    Unrecognized,
+    build_cell,
+    build_relay_payload,
+    parse_cell,
+    parse_relay_payload,
+)
+from qudag_core.onion.events import ExitMessageReceived, LinkNeeded, RelayCircuitClosed
+from qudag_core.onion.fragments import Reassembler, fragment
+from qudag_core.onion.relaycrypto import BACKWARD, FORWARD, new_layer
+
+__all__ = ["RelayState", "OnionRelay"]
+
+CELL = 1024
+
+
+class RelayState:
+    EXPECT_CREATE = "EXPECT_CREATE"  # CREATE fragments arriving
+    OPEN = "OPEN"  # we are the last hop
+    AWAIT_LINK = "AWAIT_LINK"  # EXTEND received, adapter opening a link
+    EXPECT_CREATED = "EXPECT_CREATED"  # CREATE sent to the next relay
+    EXTENDED = "EXTENDED"  # forwarding to a next hop
+
+
+R = RelayState
+_P, _N = "prev", "next"
+ALLOWED: dict[tuple[str, str], frozenset] = {
+    (R.EXPECT_CREATE, _P): frozenset({CellCommand.CREATE, CellCommand.DESTROY}),
+    (R.OPEN, _P): frozenset({CellCommand.RELAY, CellCommand.DESTROY, CellCommand.PADDING}),
+    (R.AWAIT_LINK, _P): frozenset({CellCommand.RELAY, CellCommand.DESTROY, CellCommand.PADDING}),
+    (R.EXPECT_CREATED, _P): frozenset({CellCommand.RELAY, CellCommand.DESTROY, CellCommand.PADDING}),
+    (R.EXTENDED, _P): frozenset({CellCommand.RELAY, CellCommand.DESTROY, CellCommand.PADDING}),
+    (R.EXPECT_CREATED, _N): frozenset({CellCommand.CREATED, CellCommand.DESTROY}),
+    (R.EXTENDED, _N): frozenset({CellCommand.RELAY, CellCommand.DESTROY, CellCommand.PADDING}),
+}
+_EXIT_CMDS = frozenset(
+    {RelayCommand.BEGIN, RelayCommand.DATA, RelayCommand.END, RelayCommand.SENDME, RelayCommand.DROP, Unrecognized}
+)
+ALLOWED_RELAY: dict[str, frozenset] = {
+    R.OPEN: _EXIT_CMDS | {RelayCommand.EXTEND},
+    R.AWAIT_LINK: _EXIT_CMDS,
+    R.EXPECT_CREATED: _EXIT_CMDS,
+    R.EXTENDED: _EXIT_CMDS,
+}
+
+
+class _Circuit:
+    __slots__ = ("prev", "next", "state", "fwd", "bwd", "position", "reasm", "extend_msg", "deadline", "next_node")
+
+    def __init__(self, prev, now: float, timeout: float) -> None:
+        self.prev = prev
+        self.next = None
+        self.state = R.EXPECT_CREATE
+        self.fwd = None
+        self.bwd = None
+        self.position = 0
+        self.reasm: Reassembler | None = Reassembler(timeout=timeout)
+        self.extend_msg: bytes | None = None
+        self.deadline: float | None = now + timeout
+        self.next_node: bytes | None = None
+
+
+class OnionRelay:
+    """All circuits through one relay."""
+
+    def __init__(
+        self,
+        node_id: bytes,
+        static_key: XWingPrivateKey,
+        *,
+        rng,
+        max_hops: int = 8,
+        max_circuits: int = 10_000,
+        max_half_open: int = 256,
+        handshake_timeout: float = 30.0,
+        pure_crypto: bool = False,
+    ) -> None:
+        if len(node_id) != hs.NODE_ID_SIZE:
+            raise ValueError("node id must be 20 bytes")
+        self.node_id = bytes(node_id)
+        self._key = static_key
+        self._rng = rng
+        self._max_hops = max_hops
+        self._max_circuits = max_circuits
+        self._max_half_open = max_half_open
+        self._timeout = handshake_timeout
+        self._pure = pure_crypto
+        self._sides: dict[tuple, tuple[_Circuit, str]] = {}
+        self._circuits: dict[tuple, _Circuit] = {}  # by prev key
+        self._waiting: dict[bytes, list[_Circuit]] = {}
+        self._out: list[tuple[object, bytes]] = []
+        self._half_open = 0
+        self._timers: list = []  # heap of (deadline, seq, circuit); stale entries skipped
+        self._timer_seq = 0
+
+    def __repr__(self) -> str:
+        return f"OnionRelay(node_id={self.node_id.hex()}, circuits={len(self._circuits)})"
+
+    @property
+    def circuit_count(self) -> int:
+        return len(self._circuits)
+
+    def cells_to_send(self) -> list[tuple[object, bytes]]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, side, command, payload: bytes = b"") -> None:
+        self._out.append((side[0], bytes(build_cell(side[1], command, payload, pad=self._rng))))
+
+    # -- input -----------------------------------------------------------------------------
+
+    def receive_cell(self, link_id, data: bytes, now: float) -> list:
+        try:
+            cell = Cell(data)
+        except CellError:
+            return []  # the link framer delivers whole cells; anything else is dropped
+        key = (link_id, cell.circ_id)
+        entry = self._sides.get(key)
+        if entry is None:
+            return self._new_circuit(key, cell, now)
+        circ, side = entry
+        try:
+            cell = parse_cell(data, ALLOWED[(circ.state, side)])
+            if cell.command == CellCommand.DESTROY:
+                return self._destroy(circ, cell.payload[0], came_from=side)
+            if cell.command == CellCommand.PADDING:
+                return []
+            if side == _P:
+                return self._from_prev(circ, cell, data, now)
+            return self._from_next(circ, cell, data, now)
+        except CellError as e:
+            return self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+
+    def _new_circuit(self, key, cell: Cell, now: float) -> list:
+        if cell.command != CellCommand.CREATE or cell.circ_id == 0:
+            return []  # stray cell for a circuit we do not know (maybe just destroyed)
+        if len(self._circuits) >= self._max_circuits or self._half_open >= self._max_half_open:
+            self._send(key, CellCommand.DESTROY, bytes([DestroyReason.INTERNAL]))
+            return []
+        circ = _Circuit(key, now, self._timeout)
+        self._circuits[key] = circ
+        self._half_open += 1
+        self._arm(circ, circ.deadline)
+        self._sides[key] = (circ, _P)
+        try:
+            return self._from_prev(circ, cell, cell.raw, now)
+        except CellError as e:
+            return self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+
+    def _from_prev(self, circ: _Circuit, cell: Cell, data, now: float) -> list:
+        if cell.command == CellCommand.CREATE:
+            msg = circ.reasm.feed(cell.payload, now)
+            if msg is None:
+                return []
+            position = msg[0]
+            if not 1 <= position <= self._max_hops:
+                return self._destroy(circ, DestroyReason.TOO_MANY_HOPS)
+            secret, reply = hs.server(self._rng, self.node_id, self._key, msg[1:])
+            circ.position = position
+            circ.fwd = new_layer(secret, FORWARD, CELL, HEADER_SIZE, pure=self._pure)
+            circ.bwd = new_layer(secret, BACKWARD, CELL, HEADER_SIZE, pure=self._pure)
+            circ.state = R.OPEN
+            self._half_open -= 1
+            circ.reasm = None
+            circ.deadline = None
+            for frag in fragment(reply, PAYLOAD_SIZE):
+                self._send(circ.prev, CellCommand.CREATED, frag)
+            return []
+        # RELAY, forward direction: peel our layer
+        buf = bytearray(data)
+        if circ.fwd.decrypt(buf) == b"\x01":
+            return self._recognised(circ, buf, now)
+        if circ.state == R.EXTENDED:
+            buf[:CIRC_ID_SIZE] = circ.next[1].to_bytes(CIRC_ID_SIZE, "big")
+            self._out.append((circ.next[0], bytes(buf)))
+            return []
+        # nobody further on can recognise it: modified in transit (tagging) or garbage
+        return self._destroy(circ, DestroyReason.INTEGRITY)
+
+    def _recognised(self, circ: _Circuit, buf: bytearray, now: float) -> list:
+        msg = parse_relay_payload(memoryview(buf)[HEADER_SIZE:], ALLOWED_RELAY[circ.state])
+        if msg.command == RelayCommand.EXTEND:
+            if circ.reasm is None:
+                circ.reasm = Reassembler(timeout=self._timeout)
+                self._arm(circ, now + self._timeout)
+            full = circ.reasm.feed(msg.data, now)
+            if full is None:
+                return []
+            circ.reasm = None
+            if circ.position >= self._max_hops:
+                return self._destroy(circ, DestroyReason.TOO_MANY_HOPS)
+            if len(full) != hs.CREATE_SIZE:
+                return self._destroy(circ, DestroyReason.PROTOCOL)
+            node = full[: hs.NODE_ID_SIZE]
+            if node == self.node_id:
+                return self._destroy(circ, DestroyReason.PROTOCOL)
+            circ.extend_msg = full
+            circ.next_node = node
+            circ.state = R.AWAIT_LINK
+            self._arm(circ, now + self._timeout)
+            first = node not in self._waiting
+            self._waiting.setdefault(node, []).append(circ)
+            return [LinkNeeded(node_id=node)] if first else []
+        if msg.command == RelayCommand.DROP:
+            return []
+        return [
+            ExitMessageReceived(
+                link_id=circ.prev[0], circ_id=circ.prev[1], command=msg.command, stream_id=msg.stream_id, data=msg.data
+            )
+        ]
+
+    def _from_next(self, circ: _Circuit, cell: Cell, data, now: float) -> list:
+        if cell.command == CellCommand.CREATED:
+            reply = circ.reasm.feed(cell.payload, now)
+            if reply is None:
+                return []
+            circ.reasm = None
+            circ.deadline = None
+            circ.state = R.EXTENDED
+            for frag in fragment(reply, RELAY_DATA_MAX):
+                self._send_backward(circ, RelayCommand.EXTENDED, 0, frag)
+            return []
+        buf = bytearray(data)
+        circ.bwd.encrypt(buf)
+        buf[:CIRC_ID_SIZE] = circ.prev[1].to_bytes(CIRC_ID_SIZE, "big")
+        self._out.append((circ.prev[0], bytes(buf)))
+        return []
+
+    def _send_backward(self, circ: _Circuit, command, stream_id: int, data: bytes) -> None:
+        cell = build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        circ.bwd.encrypt(cell, originate=True)
+        self._out.append((circ.prev[0], bytes(cell)))
+
+    def send_backward(self, link_id, circ_id: int, command: RelayCommand | int, stream_id: int, data: bytes) -> None:
+        """Originate a relay message toward the client of circuit ``(link_id, circ_id)``."""
+        circ = self._circuits.get((link_id, circ_id))
+        if circ is None or circ.bwd is None:
+            from qudag_core.errors import LocalProtocolError
+
+            raise LocalProtocolError("no open circuit there")
+        self._send_backward(circ, command, stream_id, data)
+
+    # -- adapter callbacks -------------------------------------------------------------------
+
+    def link_ready(self, node_id: bytes, link_id, now: float) -> list:
+        """A link to ``node_id`` is up: send the pending CREATEs over it."""
+        for circ in self._waiting.pop(bytes(node_id), []):
+            if circ.state != R.AWAIT_LINK:
+                continue
+            while True:
+                cid = int.from_bytes(self._rng(4), "big")
+                if cid and (link_id, cid) not in self._sides:
+                    break
+            circ.next = (link_id, cid)
+            self._sides[circ.next] = (circ, _N)
+            circ.state = R.EXPECT_CREATED
+            circ.reasm = Reassembler(timeout=self._timeout)
+            self._arm(circ, now + self._timeout)
+            msg = bytes([circ.position + 1]) + circ.extend_msg
+            circ.extend_msg = None
+            for frag in fragment(msg, PAYLOAD_SIZE):
+                self._send(circ.next, CellCommand.CREATE, frag)
+        return []
+
+    def link_failed(self, node_id: bytes, now: float) -> list:
+        events: list = []
+        for circ in self._waiting.pop(bytes(node_id), []):
+            if circ.state == R.AWAIT_LINK:
+                events += self._destroy(circ, DestroyReason.CONNECT_FAILED)
+        return events
+
+    def link_closed(self, link_id) -> list:
+        """The link is gone: every circuit using it is destroyed toward its other side."""
+        events: list = []
+        for key, (circ, side) in list(self._sides.items()):
+            if key[0] == link_id and key in self._sides:
+                events += self._destroy(circ, DestroyReason.CONNECT_FAILED, came_from=side)
+        return events
+
+    def _destroy(self, circ: _Circuit, reason: int, came_from: str | None = None) -> list:
+        if self._circuits.get(circ.prev) is not circ:
+            return []
+        payload = bytes([int(reason) & 0xFF])
+        if came_from != _P:
+            self._send(circ.prev, CellCommand.DESTROY, payload)
+        if circ.next is not None and came_from != _N:
+            self._send(circ.next, CellCommand.DESTROY, payload)
+        del self._circuits[circ.prev]
+        self._sides.pop(circ.prev, None)
+        if circ.next is not None:
+            self._sides.pop(circ.next, None)
+        if circ.next_node is not None and circ.state == R.AWAIT_LINK:
+            lst = self._waiting.get(circ.next_node, [])
+            if circ in lst:
+                lst.remove(circ)
+            if not lst:
+                self._waiting.pop(circ.next_node, None)
+        if circ.state == R.EXPECT_CREATE:
+            self._half_open -= 1
+        circ.state = "CLOSED"
+        circ.deadline = None
+        circ.fwd = circ.bwd = None
+        return [RelayCircuitClosed(link_id=circ.prev[0], circ_id=circ.prev[1], reason=int(reason))]
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _arm(self, circ: _Circuit, deadline: float) -> None:
+        circ.deadline = deadline
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, circ))
+
+    def _prune(self) -> None:
+        while self._timers and self._timers[0][2].deadline != self._timers[0][0]:
+            heapq.heappop(self._timers)  # disarmed, re-armed or closed since
+
+    def get_timer(self) -> float | None:
+        """The earliest handshake/reassembly deadline (a heap: O(log n) per arm)."""
+        self._prune()
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> list:
+        events: list = []
+        self._prune()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, circ = heapq.heappop(self._timers)
+            if circ.deadline is not None and now >= circ.deadline:
+                events += self._destroy(circ, DestroyReason.TIMEOUT)
+            self._prune()
+        return events
