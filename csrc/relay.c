@@ -237,7 +237,8 @@ static PyObject *RelayLayer_encrypt(RelayLayer *self, PyObject *args, PyObject *
             if (ecb1(self->ecb_enc, x, t) != 0) goto fail;
             for (k = 0; k < BLK; k++) t[k] ^= h[k];
             memcpy(ivs + i * BLK, t, BLK);
-            if (update_expect(self) != 0) goto fail;
+            /* only an originator needs N cell by cell; otherwise once, at the end */
+            if (originate && update_expect(self) != 0) goto fail;
         }
         /* pass 2: the bulk, CTR under each new tag, keystream in one call */
         if (keystream(self, ivs, m) != 0) goto fail;
@@ -245,6 +246,7 @@ static PyObject *RelayLayer_encrypt(RelayLayer *self, PyObject *args, PyObject *
             xor_into(base + (c0 + i) * self->cell_size + self->offset + BLK,
                      self->scratch + i * self->nblocks * BLK, clen);
     }
+    if (!originate && n > 0 && update_expect(self) != 0) goto fail;
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 fail:
@@ -266,8 +268,10 @@ static PyObject *RelayLayer_decrypt(RelayLayer *self, PyObject *obj) {
     const int clen = (int)(self->cell_size - self->offset - BLK);
     unsigned char *base = view.buf;
     unsigned char ivs[CHUNK * BLK];
+    unsigned char tags[CHUNK * BLK];
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
         Py_ssize_t m = n - c0 < CHUNK ? n - c0 : CHUNK;
+        int outl = 0;
         /* the incoming tags are the CTR ivs: all keystream of the chunk in one call */
         for (i = 0; i < m; i++)
             memcpy(ivs + i * BLK, base + (c0 + i) * self->cell_size + self->offset, BLK);
@@ -282,10 +286,17 @@ static PyObject *RelayLayer_decrypt(RelayLayer *self, PyObject *obj) {
             for (k = 0; k < BLK; k++) x[k] = t[k] ^ h[k];
             if (ecb1(self->ecb_dec, x, t) != 0) goto fail;
             for (k = 0; k < BLK; k++) t[k] ^= h[k];
-            fl[c0 + i] = CRYPTO_memcmp(t, self->expect, BLK) == 0 ? 1 : 0;
+            memcpy(tags + i * BLK, t, BLK);
             memcpy(self->chain, t, BLK);
-            if (update_expect(self) != 0) goto fail;
         }
+        /* recognition: cell i must carry N_i = AES_Kr(T_{i-1}) (N_0 = the stored value);
+         * the N_i of the whole chunk come from one ECB call over the recovered tags */
+        fl[c0] = CRYPTO_memcmp(tags, self->expect, BLK) == 0 ? 1 : 0;
+        if (EVP_EncryptUpdate(self->recog, ivs, &outl, tags, (int)(m * BLK)) != 1 || outl != (int)(m * BLK))
+            goto fail;
+        for (i = 1; i < m; i++)
+            fl[c0 + i] = CRYPTO_memcmp(tags + i * BLK, ivs + (i - 1) * BLK, BLK) == 0 ? 1 : 0;
+        memcpy(self->expect, ivs + (m - 1) * BLK, BLK);
     }
     PyBuffer_Release(&view);
     return flags;

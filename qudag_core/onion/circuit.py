@@ -249,6 +249,8 @@ class ClientCircuit:
                 return self.destroy(DestroyReason.PROTOCOL)
             reply = self._reasm.feed(msg.data, now)
             return [] if reply is None else self._hop_done("extended", reply, now)
+        if msg.command == RelayCommand.DROP:
+            return []  # long-range cover traffic: authenticated, then discarded
         return [RelayMessageReceived(hop=hop, command=msg.command, stream_id=msg.stream_id, data=msg.data)]
 
     def _hop_done(self, event: str, reply: bytes, now: float) -> list:

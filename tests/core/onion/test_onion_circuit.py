@@ -339,3 +339,19 @@ def test_half_open_cap(rng, make_net):
     evs = r.handle_timer(30.0)
     assert sorted(e.circ_id for e in evs) == [12, 13]
     assert r.circuit_count == 1 and r.get_timer() is None
+
+
+def test_drop_cells_are_absorbed_both_ways(rng, make_net):
+    net = built(make_net, 3, rng)
+    before = len(net.client_events)
+    net.client.send_relay(1, C.RelayCommand.DROP, 0, b"")
+    key = next(iter(net.relays[2]._circuits))
+    net.relays[2].send_backward(key[0], key[1], C.RelayCommand.DROP, 0, b"")
+    net.pump()
+    assert len(net.client_events) == before
+    assert not any(isinstance(e, ExitMessageReceived) for evs in net.relay_events for e in evs)
+    assert net.client.state == ClientState.OPEN and net.circuits() == [1, 1, 1]
+    # the chains stayed in step: a real message still gets through afterwards
+    net.client.send_relay(2, C.RelayCommand.DATA, 3, b"after")
+    net.pump()
+    assert [e.data for e in net.relay_events[2] if isinstance(e, ExitMessageReceived)] == [b"after"]
