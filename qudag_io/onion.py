@@ -252,6 +252,18 @@ class _NodeLink:
         if transport is not None:
             transport.abort()
 
+    def freeze(self) -> None:
+        """Stop reading and writing without closing anything (tests: a hung relay).  The
+        peer only finds out through its link's keepalive / idle timeout."""
+        p = self.conn._p
+        if p.transport is not None:
+            p.transport.pause_reading()
+        if p._timer is not None:
+            p._timer.cancel()
+            p._timer = None
+        p._transmit = lambda: None  # the link core's keepalives never leave
+        self.writer.cancel()
+
 
 # ---------------------------------------------------------------------------------------
 # node
@@ -307,6 +319,7 @@ class OnionNode:
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at: Optional[float] = None
         self._closed = False
+        self._frozen = False
         #: Test hooks: ``cell_filter(peer, cell) -> cell`` on forwarded cells;
         #: ``link_send_hook(peer, message)`` / ``link_recv_hook(peer, message)`` see every
         #: link message (a batch of whole cells) just before send / just after receipt.
@@ -496,10 +509,18 @@ class OnionNode:
         """Tests: die abruptly (listener closed, TCP connections aborted, no DESTROY)."""
         await self._shutdown(abrupt=True)
 
+    def freeze(self) -> None:
+        """Tests: hang (every link stops reading and writing; nothing is closed)."""
+        self.is_relay = False
+        self._frozen = True
+        for link in self._links_by_id.values():
+            link.freeze()
+
     async def _shutdown(self, abrupt: bool) -> None:
         if self._closed:
             return
         self._closed = True
+        abrupt = abrupt or self._frozen
         if self._timer is not None:
             self._timer.cancel()
         for circ in list(self._client_circs.values()):

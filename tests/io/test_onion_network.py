@@ -242,12 +242,15 @@ def test_tampering_in_the_middle_destroys_circuit(run_loop, direction):
     run_loop(main, 60)
 
 
-def test_middle_relay_failure_reported_with_unacked_data(run_loop):
-    """Killing the middle relay mid-transfer (listener closed, TCP aborted) is noticed
-    within two keepalive periods (0.2 s links); the sender learns how many bytes and
-    messages were never acknowledged by the destination."""
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+def test_middle_relay_failure_reported_with_unacked_data(run_loop, failure):
+    """The middle relay fails mid-transfer, either killed (listener closed, TCP aborted)
+    or hung (stops reading and writing, sockets stay open: only the links' keepalive /
+    idle timeout can tell).  Either is noticed within two keepalive periods (0.2 s links,
+    idle timeout 1.5 periods) and the sender learns how many bytes and messages the
+    destination never acknowledged."""
     keepalive = 0.2
-    cfg = LinkConfig(channel=ChannelConfig(keepalive_interval=keepalive, idle_timeout=2 * keepalive))
+    cfg = LinkConfig(channel=ChannelConfig(keepalive_interval=keepalive, idle_timeout=1.5 * keepalive))
 
     async def main():
         net = await Net.start(link_config=cfg)
@@ -267,10 +270,13 @@ def test_middle_relay_failure_reported_with_unacked_data(run_loop):
             killed_at: list[float] = []
 
             async def killer():
-                while received[0] < 256 * 1024:
+                while stream.acked_bytes < 256 * 1024:  # mid-transfer: some data acknowledged
                     await asyncio.sleep(0.005)
                 killed_at.append(time.monotonic())
-                await net.relays[1].kill()
+                if failure == "killed":
+                    await net.relays[1].kill()
+                else:
+                    net.relays[1].freeze()
 
             kt = asyncio.get_running_loop().create_task(killer())
             sent = 0
