@@ -51,6 +51,7 @@ from qudag_core.onion.circuit import ClientCircuit, HopSpec
 from qudag_core.onion.events import (
     CircuitBuilt,
     CircuitClosed,
+    CircuitRotationDue,
     ExitMessageReceived,
     LinkNeeded,
     RelayCircuitClosed,
@@ -840,6 +841,8 @@ class OnionCircuit(_StreamOwner):
             lifetime=node.circuit_lifetime,
             handshake_timeout=node.handshake_timeout,
         )
+        self.rotation_due = False
+        """Set when the circuit reached ``rotate_after`` (0.8 x lifetime)."""
         self.built: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[CircuitError] = asyncio.get_running_loop().create_future()
 
@@ -903,6 +906,8 @@ class OnionCircuit(_StreamOwner):
         for ev in self._core.handle_timer(now):
             if isinstance(ev, CircuitClosed):
                 self._closed_event(ev)
+            elif isinstance(ev, CircuitRotationDue):
+                self.rotation_due = True  # owners should build a replacement for new streams
         self._send_cells()
 
     def _fail(self, exc: CircuitError) -> None:

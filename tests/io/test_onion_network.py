@@ -17,7 +17,17 @@ from qudag_core.channel import ChannelConfig
 from qudag_core.identity import Identity
 from qudag_core.link import LinkConfig
 from qudag_core.onion.cells import CELL_SIZE, CellCommand, DestroyReason, RELAY_DATA_MAX
-from qudag_io.onion import CircuitError, OnionClient, OnionNode, RelayDirectory, StreamClosed
+from qudag_core.onion.path import NotEnoughRelays
+from qudag_io.link import ConnectionClosed, connect
+from qudag_io.onion import (
+    CircuitError,
+    DirectoryEntry,
+    MixerConfig,
+    OnionClient,
+    OnionNode,
+    RelayDirectory,
+    StreamClosed,
+)
 
 IDS = [Identity.generate(os.urandom) for _ in range(4)]  # relay/keygen work once per module
 
@@ -300,3 +310,115 @@ def test_middle_relay_failure_reported_with_unacked_data(run_loop, failure):
 
     run_loop(main, 60)
 
+
+def test_mixer_delays_never_reorder_a_circuit(run_loop):
+    """Relays with a real mixing delay (exponential, mean 2 ms): cells of the circuit are
+    delayed but never reordered (a reordered cell would fail relay crypto and kill it)."""
+
+    async def main():
+        net = await Net.start(mixer=MixerConfig(mean_delay=0.002))
+        try:
+            net.relays[2].register_service("digest", _digest_service)
+            circ = await net.circuit()
+            stream = await circ.open_stream(net.relays[2].node_id, "digest")
+            rnd = random.Random(3)
+            msgs = [rnd.randbytes(rnd.randrange(1, 5000)) for _ in range(40)]
+            for m in msgs:
+                await stream.send(_frame(m))
+            await stream.send((0).to_bytes(4, "big"))
+            reply = await stream.readexactly(36)
+            assert reply[4:] == hashlib.sha256(b"".join(msgs)).digest()
+            assert not any(r._mix_passthrough for r in net.relays)  # the heap mixer was in use
+            await circ.close()
+        finally:
+            await net.close()
+
+    run_loop(main, 60)
+
+
+def test_circuit_lifetime_timer_destroys_path(run_loop):
+    """The client core's lifetime timer runs through get_timer/handle_timer: at expiry the
+    circuit is destroyed (FINISHED) and every relay forgets it."""
+
+    async def main():
+        net = await Net.start()
+        net.client_node.circuit_lifetime = 0.3
+        try:
+            circ = await net.circuit()
+            exc = await asyncio.wait_for(circ.closed, 5.0)
+            assert exc.reason == DestroyReason.FINISHED and not exc.remote
+            assert circ.rotation_due  # rotation was signalled before expiry (0.8 x lifetime)
+            for _ in range(200):
+                if all(r.relay.circuit_count == 0 for r in net.relays):
+                    break
+                await asyncio.sleep(0.01)
+            assert [r.relay.circuit_count for r in net.relays] == [0, 0, 0]
+        finally:
+            await net.close()
+
+    run_loop(main, 30)
+
+
+def test_extend_to_unknown_relay_fails_build(run_loop):
+    """The client's directory lists a relay the relays' directory does not: the middle
+    relay cannot open the link, answers DESTROY(CONNECT_FAILED), build_circuit raises."""
+
+    async def main():
+        net = await Net.start()
+        try:
+            ghost = Identity.generate(os.urandom)
+            cert = ghost.issue_certificate([("127.0.0.1", 9)], now=time.time())
+            client_dir = RelayDirectory([*(r.directory_entry() for r in net.relays), DirectoryEntry(cert)])
+            net.client_node.directory = client_dir
+            with pytest.raises(CircuitError) as info:
+                await OnionClient(net.client_node, per_subnet=None).build_circuit(
+                    path=[net.relays[0].node_id, net.relays[1].node_id, bytes(ghost.node_id)], timeout=10
+                )
+            assert info.value.reason == DestroyReason.CONNECT_FAILED and info.value.remote
+        finally:
+            await net.close()
+
+    run_loop(main, 30)
+
+
+def test_link_message_not_whole_cells_closes_link(run_loop):
+    """A neighbour whose link message is not a whole number of cells loses the link; a
+    well-formed cell for an unknown circuit is just dropped."""
+
+    async def main():
+        net = await Net.start()
+        r = net.relays[0]
+        try:
+            host, port = r.address
+            conn = await connect(host, port, identity=IDS[3], peer_certificate=r.certificate)
+            try:
+                await conn.send(os.urandom(CELL_SIZE))  # unknown circuit: dropped
+                await conn.send(os.urandom(CELL_SIZE - 1))
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(conn.recv(), 5.0)
+            finally:
+                await conn.close()
+            assert r.relay.circuit_count == 0
+        finally:
+            await net.close()
+
+    run_loop(main, 30)
+
+
+def test_path_selection_from_directory(run_loop):
+    """build_circuit(hops=3) picks 3 distinct relays from the directory (never the client
+    itself), and the /16 rule, on by default, refuses a loopback-only directory."""
+
+    async def main():
+        net = await Net.start()
+        try:
+            net.directory.add(net.client_node.directory_entry())  # client is listed too
+            circ = await OnionClient(net.client_node, per_subnet=None).build_circuit(hops=3)
+            assert sorted(circ.node_ids) == sorted(r.node_id for r in net.relays)
+            await circ.close()
+            with pytest.raises(NotEnoughRelays):
+                await OnionClient(net.client_node).build_circuit(hops=3)
+        finally:
+            await net.close()
+
+    run_loop(main, 30)
