@@ -194,6 +194,15 @@ class _NodeLink:
         if self.closed:
             return
         self.pending.append(cell)
+        self._queued()
+
+    def queue_many(self, cells: list) -> None:
+        if self.closed or not cells:
+            return
+        self.pending.extend(cells)
+        self._queued()
+
+    def _queued(self) -> None:
         if len(self.pending) > LINK_HIGH:
             self._drained.clear()
         if self._wake is not None and not self._wake.done():
@@ -429,7 +438,9 @@ class OnionNode:
             if client is not None:
                 client._receive(cell, now)
             elif self.is_relay:
-                self._relay_events(self.relay.receive_cell(link.id, cell, now))
+                events = self.relay.receive_cell(link.id, cell, now)
+                if events:
+                    self._relay_events(events)
         self._flush()
 
     def _relay_events(self, events: list) -> None:
@@ -472,8 +483,11 @@ class OnionNode:
         if self._mix_passthrough:
             for link_id, cell in out:
                 link = links.get(link_id)
-                if link is not None:
-                    link.queue(cell)
+                if link is not None and not link.closed:
+                    link.pending.append(cell)
+            for link in links.values():
+                if link.pending:
+                    link._queued()
         else:
             now = time.monotonic()
             for link_id, cell in out:
@@ -718,8 +732,12 @@ class _StreamOwner:
                 if st is not None:
                     st._sent_cell(len(data))
             self._emit(cmd, sid, data)
+        self._emitted()
         if flush and not self.is_client:
             self.node._flush()  # exit replies went into the relay core
+
+    def _emitted(self) -> None:
+        pass
 
     def stream_send(self, sid: int, data: memoryview) -> int:
         if self.error is not None or sid not in self.streams:
@@ -866,12 +884,13 @@ class OnionCircuit(_StreamOwner):
         self._send_cells()
 
     def _send_cells(self) -> None:
-        for cell in self._core.cells_to_send():
-            self.link.queue(cell)
+        self.link.queue_many(self._core.cells_to_send())
 
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
         self._core.send_relay(self._core.hops - 1, cmd, sid, data)
-        self._send_cells()
+
+    def _emitted(self) -> None:
+        self._send_cells()  # once per pump: one extend of the link queue
 
     def send_drop(self, data: bytes = b"", hop: Optional[int] = None) -> None:
         """Long-range padding: a DROP relay cell with ``data`` to ``hop`` (default: last)."""
