@@ -422,3 +422,59 @@ def test_path_selection_from_directory(run_loop):
             await net.close()
 
     run_loop(main, 30)
+
+
+def test_garbage_cells_from_a_neighbour_are_dropped(run_loop, caplog):
+    """An authenticated neighbour sends 400 hostile cells (random bytes; every link
+    command with random circuit ids and payloads; truncated CREATE handshakes) in random
+    batches: the relay drops or destroys, raises nothing, keeps no half-open state past
+    its handshake timeout, and still carries a normal circuit afterwards."""
+
+    async def main():
+        net = await Net.start(handshake_timeout=0.5)
+        r = net.relays[0]
+        rnd = random.Random(11)
+        try:
+            host, port = r.address
+            conn = await connect(host, port, identity=IDS[3], peer_certificate=r.certificate)
+            try:
+                cells = []
+                for i in range(400):
+                    kind = i % 3
+                    if kind == 0:
+                        cells.append(rnd.randbytes(CELL_SIZE))
+                    else:
+                        cmd = rnd.choice([0, 1, 2, 3, 4, 5, 200])
+                        circ = rnd.choice([0, 1, rnd.randrange(1 << 32)])
+                        body = rnd.randbytes(rnd.randrange(0, CELL_SIZE - 5))
+                        if kind == 2:  # a plausible first CREATE fragment with a bad handshake
+                            cmd, body = 1, (2357).to_bytes(2, "big") + (0).to_bytes(2, "big") + b"\x01" + body
+                        cell = circ.to_bytes(4, "big") + bytes([cmd]) + body
+                        cells.append(cell[:CELL_SIZE].ljust(CELL_SIZE, b"\x00"))
+                while cells:
+                    k = rnd.randrange(1, 33)
+                    await conn.send(b"".join(cells[:k]))
+                    del cells[:k]
+                # the link stays up (hostile cells are not a link-level violation)
+                await asyncio.sleep(0.2)
+                assert not conn.is_closed
+                assert r.relay.circuit_count > 0  # the truncated CREATEs are half-open now
+            finally:
+                await conn.close()
+            # half-open circuits expire through the relay's timer
+            for _ in range(200):
+                if r.relay.circuit_count == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert r.relay.circuit_count == 0
+            net.relays[2].register_service("echo", _echo)
+            circ = await net.circuit()
+            stream = await circ.open_stream(net.relays[2].node_id, "echo")
+            await stream.send(b"still works")
+            assert await stream.readexactly(11) == b"still works"
+            await circ.close()
+        finally:
+            await net.close()
+        assert not [rec for rec in caplog.records if rec.levelno >= 40]  # nothing logged as an error
+
+    run_loop(main, 60)
