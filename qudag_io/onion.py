@@ -731,6 +731,8 @@ class _StreamOwner:
                 st = self.streams.get(sid)
                 if st is not None:
                     st._sent_cell(len(data))
+            elif cmd == RelayCommand.END:
+                self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
             self._emit(cmd, sid, data)
         self._emitted()
         if flush and not self.is_client:

@@ -478,3 +478,36 @@ def test_garbage_cells_from_a_neighbour_are_dropped(run_loop, caplog):
         assert not [rec for rec in caplog.records if rec.levelno >= 40]  # nothing logged as an error
 
     run_loop(main, 60)
+
+
+def test_many_streams_one_circuit_then_forgotten(run_loop):
+    """Twenty concurrent streams on one circuit each get their own echo; once closed on
+    both ends neither the client circuit nor the exit keeps them."""
+
+    async def main():
+        net = await Net.start()
+        try:
+            net.relays[2].register_service("echo", _echo)
+            circ = await net.circuit()
+
+            async def one(i):
+                st = await circ.open_stream(net.relays[2].node_id, "echo")
+                data = os.urandom(100 + 997 * i)
+                await st.send(data)
+                assert await st.readexactly(len(data)) == data
+                await st.close()
+                return st
+
+            streams = await asyncio.gather(*(one(i) for i in range(20)))
+            assert len({s.stream_id for s in streams}) == 20
+            for _ in range(200):
+                if not circ.streams and not any(ex.streams for ex in net.relays[2]._exits.values()):
+                    break
+                await asyncio.sleep(0.01)
+            assert circ.streams == {}
+            assert all(ex.streams == {} for ex in net.relays[2]._exits.values())
+            await circ.close()
+        finally:
+            await net.close()
+
+    run_loop(main, 60)
