@@ -46,7 +46,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_core.link import LinkConfig
-from qudag_core.onion.cells import CELL_SIZE, RELAY_DATA_MAX, CellError, DestroyReason, RelayCommand
+from qudag_core.onion.cells import CELL_SIZE, CellError, DestroyReason, RelayCommand
 from qudag_core.onion.circuit import ClientCircuit, HopSpec
 from qudag_core.onion.events import (
     CircuitBuilt,
