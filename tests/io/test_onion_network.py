@@ -299,6 +299,7 @@ def test_middle_relay_failure_reported_with_unacked_data(run_loop, failure):
             await kt
             err = info.value
             assert isinstance(err.cause, CircuitError)
+            print(f"\n{failure}: noticed after {noticed - killed_at[0]:.3f} s")
             assert noticed - killed_at[0] < 2 * keepalive
             offered = sent + len(chunk)
             acked = offered - err.unacked_bytes
