@@ -272,6 +272,12 @@ class OnionRelay:
             raise LocalProtocolError("no open circuit there")
         self._send_backward(circ, command, stream_id, data)
 
+    def destroy(self, link_id, circ_id: int, reason: int = DestroyReason.REQUESTED) -> list:
+        """Tear down circuit ``(link_id, circ_id)`` from the exit's side (e.g. its stream
+        layer saw a flow-control violation): DESTROY goes out on every side."""
+        circ = self._circuits.get((link_id, circ_id))
+        return [] if circ is None else self._destroy(circ, reason)
+
     # -- adapter callbacks -------------------------------------------------------------------
 
     def link_ready(self, node_id: bytes, link_id, now: float) -> list:

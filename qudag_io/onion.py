@@ -1,0 +1,1010 @@
+"""Onion routing over real links: relay, client and exit service nodes (docs/onion-network.md).
+
+Drives the sans-IO onion cores (``qudag_core.onion``: ``OnionRelay``, ``ClientCircuit``,
+``StreamMux``, ``Mixer``, ``select_path``) with the authenticated post-quantum TCP links of
+``qudag_io.link``.  One link per neighbouring node; every link message carries one or a
+batch of whole 1024-byte cells (a message whose length is not a multiple of the cell size
+is a protocol violation and ends the link).  The link is AEAD-protected and authenticated,
+so each side knows which ``NodeId`` is on it; relays open links to the next hop by NodeId
+through a static ``RelayDirectory``.
+
+The decision a reader asks about: **where a stream ends.**  The last hop of the circuit is
+the destination: ``open_stream(dest, service)`` requires ``dest`` to be the circuit's last
+hop, and that node hands the stream to the service registered under ``service`` with
+``node.register_service(name, handler)``.  A destination that is not a relay is reached by
+building the circuit with ``exit=dest``.  This keeps the exit's plaintext local (no extra
+unprotected hop) and needs no new relay command.
+
+Every relay's outgoing cells pass through a ``Mixer`` (per-circuit FIFO, so relay crypto
+chaining is never broken); the default ``mean_delay=0`` is a pass-through so tests and
+interactive use stay fast.  Core timers (circuit lifetime and handshake deadlines, relay
+reassembly deadlines, mixer release times) run through ``get_timer``/``handle_timer`` with
+one ``call_at`` per node; link keepalive and idle close run in the link cores
+(``LinkConfig.channel.keepalive_interval`` / ``idle_timeout``).  Cores see
+``time.monotonic()``; only the link adapter needs the calendar (certificates).
+
+Public API::
+
+    node = await OnionNode.start(identity, directory, host="127.0.0.1")
+    node.register_service("echo", handler)           # handler(stream) -> awaitable
+    client = OnionClient(node, per_subnet=None)        # loopback: disable the /16 rule
+    circuit = await client.build_circuit(hops=3)
+    stream = await circuit.open_stream(circuit.exit_node_id, "echo")
+    await stream.send(b"data"); data = await stream.recv(); await stream.close()
+    await circuit.close()                              # sends DESTROY
+    await node.close()
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
+
+from qudag_core.identity import Identity, NodeCertificate
+from qudag_core.link import LinkConfig
+from qudag_core.onion.cells import CELL_SIZE, CellError, DestroyReason, RelayCommand
+from qudag_core.onion.circuit import ClientCircuit, HopSpec
+from qudag_core.onion.events import (
+    CircuitBuilt,
+    CircuitClosed,
+    CircuitRotationDue,
+    ExitMessageReceived,
+    LinkNeeded,
+    RelayCircuitClosed,
+    RelayMessageReceived,
+)
+from qudag_core.onion.mixer import Mixer
+from qudag_core.onion.path import RelayInfo, select_path
+from qudag_core.onion.relay import OnionRelay
+from qudag_core.onion.streams import (
+    STREAM_INCREMENT,
+    StreamData,
+    StreamEnded,
+    StreamMux,
+    StreamOpened,
+    StreamRequested,
+)
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+
+__all__ = [
+    "DirectoryEntry",
+    "RelayDirectory",
+    "MixerConfig",
+    "OnionNode",
+    "OnionClient",
+    "OnionCircuit",
+    "OnionStream",
+    "CircuitError",
+    "StreamClosed",
+]
+
+log = logging.getLogger("qudag.onion")
+
+#: Cells per link message at most (64 KiB frames hold 64 cells; leave room).
+MAX_BATCH = 32
+#: Pending cells per link above which readers pause (backpressure).
+LINK_HIGH = 512
+#: END reason sent when the service is unknown.
+END_NO_SERVICE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """A relay as listed in the static directory."""
+
+    certificate: NodeCertificate
+    bandwidth: float = 1.0
+    reputation: float = 1.0
+
+    @property
+    def node_id(self) -> bytes:
+        return bytes(self.certificate.node_id)
+
+
+class RelayDirectory:
+    """Static list of relays: (NodeId, certificate) plus weights for path selection."""
+
+    def __init__(self, entries: list[DirectoryEntry] = ()) -> None:  # type: ignore[assignment]
+        self._by_id: dict[bytes, DirectoryEntry] = {}
+        for e in entries:
+            self.add(e)
+
+    def add(self, entry: DirectoryEntry) -> None:
+        self._by_id[entry.node_id] = entry
+
+    def get(self, node_id: bytes) -> Optional[DirectoryEntry]:
+        return self._by_id.get(bytes(node_id))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def relay_infos(self) -> list[RelayInfo]:
+        out = []
+        for e in self._by_id.values():
+            cert = e.certificate
+            addr = cert.addresses[0][0] if cert.addresses else "0.0.0.0"
+            out.append(RelayInfo(e.node_id, addr, e.bandwidth, e.reputation, cert.xwing_public_key))
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MixerConfig:
+    """Settings of each relay's outgoing-cell mixer (see ``qudag_core.onion.mixer``)."""
+
+    mean_delay: float = 0.0
+    """Mean extra delay per cell; 0 is a pass-through (low latency, tests stay fast)."""
+    max_queue: int = 1 << 16
+    batch_interval: Optional[float] = None
+
+
+class CircuitError(Exception):
+    """The circuit is gone.  ``reason`` is a ``DestroyReason``; ``remote`` says whether a
+    DESTROY arrived (True) or this node closed it (False)."""
+
+    def __init__(self, reason: int, remote: bool, detail: str = "") -> None:
+        try:
+            name = DestroyReason(reason).name
+        except ValueError:
+            name = str(reason)
+        super().__init__(f"circuit destroyed ({'remote' if remote else 'local'}): {name} {detail}".rstrip())
+        self.reason = reason
+        self.remote = remote
+
+
+class StreamClosed(Exception):
+    """The stream ended before everything sent was acknowledged.
+
+    ``unacked_bytes`` / ``unacked_messages``: what this side passed to ``send`` and the
+    destination never acknowledged (SENDMEs acknowledge delivery at the exit, in units of
+    50 cells); ``cause`` is the ``CircuitError`` if the circuit died."""
+
+    def __init__(self, msg: str, *, unacked_bytes: int, unacked_messages: int, cause: Optional[BaseException]) -> None:
+        super().__init__(f"{msg}: {unacked_bytes} bytes in {unacked_messages} messages not acknowledged")
+        self.unacked_bytes = unacked_bytes
+        self.unacked_messages = unacked_messages
+        self.cause = cause
+
+
+# ---------------------------------------------------------------------------------------
+# links
+
+
+class _NodeLink:
+    """One authenticated link to a neighbour: a reader task feeding cells to the node and
+    a writer task sending batched cells."""
+
+    def __init__(self, node: "OnionNode", link_id: int, conn: Connection) -> None:
+        self.node = node
+        self.id = link_id
+        self.conn = conn
+        self.peer = bytes(conn.peer_node_id)
+        self.pending: deque[bytes] = deque()
+        self._wake: Optional[asyncio.Future[None]] = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.closed = False
+        loop = asyncio.get_running_loop()
+        self.writer = loop.create_task(self._write_loop())
+
+    def queue(self, cell: bytes) -> None:
+        if self.closed:
+            return
+        self.pending.append(cell)
+        self._queued()
+
+    def queue_many(self, cells: list) -> None:
+        if self.closed or not cells:
+            return
+        self.pending.extend(cells)
+        self._queued()
+
+    def _queued(self) -> None:
+        if len(self.pending) > LINK_HIGH:
+            self._drained.clear()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait_writable(self) -> None:
+        await self._drained.wait()
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while not self.pending:
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                n = min(MAX_BATCH, len(self.pending))
+                batch = b"".join([self.pending.popleft() for _ in range(n)])
+                if len(self.pending) <= LINK_HIGH // 2:
+                    self._drained.set()
+                hook = self.node.link_send_hook
+                if hook is not None:
+                    hook(self.peer, batch)
+                await self.conn.send(batch)
+        except (ConnectionClosed, asyncio.CancelledError):
+            pass
+        finally:
+            self._drained.set()
+
+    async def read_loop(self) -> None:
+        node = self.node
+        try:
+            while True:
+                msg = await self.conn.recv()
+                hook = node.link_recv_hook
+                if hook is not None:
+                    hook(self.peer, msg)
+                if not msg or len(msg) % CELL_SIZE:
+                    log.debug("link from %s sent a %d-byte message: closing", self.peer.hex()[:8], len(msg))
+                    await self.conn.close(1, "onion: not whole cells")
+                    break
+                mv = memoryview(msg)
+                node._cells_in(self, [mv[i : i + CELL_SIZE] for i in range(0, len(msg), CELL_SIZE)])
+                for link in list(node._links_by_id.values()):
+                    if len(link.pending) > LINK_HIGH:
+                        await asyncio.wait_for(link.wait_writable(), 30.0)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            pass
+        finally:
+            self.closed = True
+            self.writer.cancel()
+            node._link_lost(self)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without an authenticated close (tests: relay failure)."""
+        transport = self.conn._p.transport
+        if transport is not None:
+            transport.abort()
+
+    def freeze(self) -> None:
+        """Stop reading and writing without closing anything (tests: a hung relay).  The
+        peer only finds out through its link's keepalive / idle timeout."""
+        p = self.conn._p
+        if p.transport is not None:
+            p.transport.pause_reading()
+        if p._timer is not None:
+            p._timer.cancel()
+            p._timer = None
+        p._transmit = lambda: None  # the link core's keepalives never leave
+        self.writer.cancel()
+
+
+# ---------------------------------------------------------------------------------------
+# node
+
+
+class OnionNode:
+    """A node with one listener, links to neighbours, a relay core and exit services.
+
+    Construct with ``await OnionNode.start(...)``.  ``relay=False`` makes a client-only
+    node that refuses to carry circuits for others.  ``cell_filter(peer_node_id, cell) ->
+    bytes`` (tests) sees every cell this relay forwards just before it is queued on a link.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        directory: RelayDirectory,
+        *,
+        relay: bool = True,
+        link_config: Optional[LinkConfig] = None,
+        mixer: MixerConfig = MixerConfig(),
+        circuit_lifetime: float = 600.0,
+        handshake_timeout: float = 30.0,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.identity = identity
+        self.node_id = bytes(identity.node_id)
+        self.directory = directory
+        self.is_relay = relay
+        self.link_config = link_config or LinkConfig()
+        self.circuit_lifetime = circuit_lifetime
+        self.handshake_timeout = handshake_timeout
+        self.rng = rng
+        self._loop = asyncio.get_running_loop()
+        self.relay = OnionRelay(self.node_id, identity.kem_key, rng=rng, handshake_timeout=handshake_timeout)
+        self.mixer = Mixer(
+            rng=rng,
+            mean_delay=mixer.mean_delay,
+            max_queue=mixer.max_queue,
+            batch_interval=mixer.batch_interval,
+            now=time.monotonic(),
+        )
+        # A zero-delay mixer without batching releases every cell at once, in order: skip
+        # its heap (same output, less per-cell work on the hot path).
+        self._mix_passthrough = mixer.mean_delay == 0 and mixer.batch_interval is None
+        self.listener: Optional[Listener] = None
+        self.certificate: Optional[NodeCertificate] = None
+        self._links_by_id: dict[int, _NodeLink] = {}
+        self._links_by_peer: dict[bytes, _NodeLink] = {}
+        self._next_link_id = 1
+        self._dialing: dict[bytes, asyncio.Task[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client_circs: dict[tuple[int, int], "OnionCircuit"] = {}
+        self._exits: dict[tuple[int, int], "_ExitCircuit"] = {}
+        self._services: dict[bytes, Callable[["OnionStream"], Awaitable[None]]] = {}
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at: Optional[float] = None
+        self._closed = False
+        self._frozen = False
+        #: Test hooks: ``cell_filter(peer, cell) -> cell`` on forwarded cells;
+        #: ``link_send_hook(peer, message)`` / ``link_recv_hook(peer, message)`` see every
+        #: link message (a batch of whole cells) just before send / just after receipt.
+        self.cell_filter: Optional[Callable[[bytes, bytes], bytes]] = None
+        self.link_send_hook: Optional[Callable[[bytes, bytes], None]] = None
+        self.link_recv_hook: Optional[Callable[[bytes, bytes], None]] = None
+
+    @classmethod
+    async def start(
+        cls, identity: Identity, directory: RelayDirectory, *, host: str = "127.0.0.1", port: int = 0, **kw: Any
+    ) -> "OnionNode":
+        node = cls(identity, directory, **kw)
+        node.listener = await listen(
+            host, port, identity=identity, handler=node._accept, config=node.link_config, rng=node.rng
+        )
+        node.certificate = node.listener.certificate
+        return node
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listener is not None
+        return self.listener.addresses[0]
+
+    def directory_entry(self, bandwidth: float = 1.0, reputation: float = 1.0) -> DirectoryEntry:
+        assert self.certificate is not None
+        return DirectoryEntry(self.certificate, bandwidth, reputation)
+
+    def register_service(self, name: str | bytes, handler: Callable[["OnionStream"], Awaitable[None]]) -> None:
+        """Streams opened to this node for ``name`` run ``handler(stream)``."""
+        self._services[name.encode() if isinstance(name, str) else bytes(name)] = handler
+
+    # -- links ---------------------------------------------------------------------------
+
+    async def _accept(self, conn: Connection) -> None:
+        link = self._add_link(conn)
+        await link.read_loop()
+
+    def _add_link(self, conn: Connection) -> _NodeLink:
+        link = _NodeLink(self, self._next_link_id, conn)
+        self._next_link_id += 1
+        self._links_by_id[link.id] = link
+        self._links_by_peer[link.peer] = link
+        return link
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        t = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def link_to(self, node_id: bytes, timeout: float = 10.0) -> _NodeLink:
+        """The link to ``node_id``, dialled through the directory if there is none."""
+        node_id = bytes(node_id)
+        link = self._links_by_peer.get(node_id)
+        if link is not None and not link.closed:
+            return link
+        task = self._dialing.get(node_id)
+        if task is None:
+            task = self._spawn(self._dial(node_id, timeout))
+            self._dialing[node_id] = task
+        return await asyncio.shield(task)
+
+    async def _dial(self, node_id: bytes, timeout: float) -> _NodeLink:
+        try:
+            entry = self.directory.get(node_id)
+            if entry is None or not entry.certificate.addresses:
+                raise LookupError(f"relay {node_id.hex()[:16]} not in the directory")
+            host, port = entry.certificate.addresses[0]
+            conn = await connect(
+                str(host),
+                int(port),
+                identity=self.identity,
+                peer_certificate=entry.certificate,
+                config=self.link_config,
+                timeout=timeout,
+                rng=self.rng,
+            )
+            link = self._add_link(conn)
+            self._spawn(link.read_loop())
+            return link
+        finally:
+            self._dialing.pop(node_id, None)
+
+    def _link_lost(self, link: _NodeLink) -> None:
+        self._links_by_id.pop(link.id, None)
+        if self._links_by_peer.get(link.peer) is link:
+            del self._links_by_peer[link.peer]
+        if self._closed:
+            return
+        self._relay_events(self.relay.link_closed(link.id))
+        for key, circ in list(self._client_circs.items()):
+            if key[0] == link.id:
+                circ._fail(CircuitError(DestroyReason.CONNECT_FAILED, True, "link to the first hop lost"))
+        self._flush()
+
+    # -- cells in ------------------------------------------------------------------------
+
+    def _cells_in(self, link: _NodeLink, cells: list) -> None:
+        now = time.monotonic()
+        for cell in cells:
+            circ_id = int.from_bytes(cell[:4], "big")
+            client = self._client_circs.get((link.id, circ_id))
+            if client is not None:
+                client._receive(cell, now)
+            elif self.is_relay:
+                events = self.relay.receive_cell(link.id, cell, now)
+                if events:
+                    self._relay_events(events)
+        self._flush()
+
+    def _relay_events(self, events: list) -> None:
+        for ev in events:
+            if isinstance(ev, ExitMessageReceived):
+                self._exit_message(ev)
+            elif isinstance(ev, LinkNeeded):
+                self._spawn(self._open_next(bytes(ev.node_id)))
+            elif isinstance(ev, RelayCircuitClosed):
+                ex = self._exits.pop((ev.link_id, ev.circ_id), None)
+                if ex is not None:
+                    ex.closed(CircuitError(ev.reason, True))
+
+    async def _open_next(self, node_id: bytes) -> None:
+        try:
+            link = await self.link_to(node_id, timeout=self.handshake_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure to dial means CONNECT_FAILED
+            log.debug("extend to %s failed: %r", node_id.hex()[:16], exc)
+            self._relay_events(self.relay.link_failed(node_id, time.monotonic()))
+        else:
+            self._relay_events(self.relay.link_ready(node_id, link.id, time.monotonic()))
+        self._flush()
+
+    def _exit_message(self, ev: ExitMessageReceived) -> None:
+        key = (ev.link_id, ev.circ_id)
+        ex = self._exits.get(key)
+        if ex is None:
+            ex = self._exits[key] = _ExitCircuit(self, ev.link_id, ev.circ_id)
+        ex.receive(ev.command, ev.stream_id, ev.data)
+
+    # -- cells out -----------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Relay core -> (filter) -> mixer -> links; then re-arm the node's one timer."""
+        out = self.relay.cells_to_send()
+        links = self._links_by_id
+        filt = self.cell_filter
+        if filt is not None:
+            out = [(lid, filt(links[lid].peer if lid in links else b"", cell)) for lid, cell in out]
+        if self._mix_passthrough:
+            for link_id, cell in out:
+                link = links.get(link_id)
+                if link is not None and not link.closed:
+                    link.pending.append(cell)
+            for link in links.values():
+                if link.pending:
+                    link._queued()
+        else:
+            now = time.monotonic()
+            for link_id, cell in out:
+                if not self.mixer.push((link_id, cell[:4]), cell, now):
+                    log.warning("mixer full: cell dropped (the circuit will fail its integrity check)")
+            for (link_id, _), cell in self.mixer.cells_to_send(now):
+                link = links.get(link_id)
+                if link is not None:
+                    link.queue(cell)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        if self._closed:
+            return
+        ts = [t for t in (self.relay.get_timer(), self.mixer.get_timer()) if t is not None]
+        ts += [t for c in self._client_circs.values() if (t := c._core.get_timer()) is not None]
+        when = min(ts) if ts else None
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self._loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = time.monotonic()
+        self.mixer.handle_timer(now)
+        self._relay_events(self.relay.handle_timer(now))
+        for circ in list(self._client_circs.values()):
+            circ._timer(now)
+        self._flush()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the listener and every link (authenticated close) and task."""
+        await self._shutdown(abrupt=False)
+
+    async def kill(self) -> None:
+        """Tests: die abruptly (listener closed, TCP connections aborted, no DESTROY)."""
+        await self._shutdown(abrupt=True)
+
+    def freeze(self) -> None:
+        """Tests: hang (every link stops reading and writing; nothing is closed)."""
+        self.is_relay = False
+        self._frozen = True
+        for link in self._links_by_id.values():
+            link.freeze()
+
+    async def _shutdown(self, abrupt: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        abrupt = abrupt or self._frozen
+        if self._timer is not None:
+            self._timer.cancel()
+        for circ in list(self._client_circs.values()):
+            circ._fail(CircuitError(DestroyReason.FINISHED, False, "node closed"))
+        for ex in list(self._exits.values()):
+            ex.closed(CircuitError(DestroyReason.FINISHED, False, "node closed"))
+        links = list(self._links_by_id.values())
+        for link in links:
+            if abrupt:
+                link.abort()
+        if self.listener is not None:
+            await self.listener.close()
+        if not abrupt:
+            await asyncio.gather(*(link.conn.close(timeout=2.0) for link in links), return_exceptions=True)
+        for link in links:
+            link.writer.cancel()
+        tasks = list(self._tasks) + [link.writer for link in links]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------------
+# streams
+
+
+class OnionStream:
+    """One stream over a circuit (client end or service end).
+
+    ``send`` waits while the SENDME windows are closed; ``recv`` returns the next bytes
+    (up to 998, one DATA cell) and ``b""`` once the peer ended the stream; both raise
+    ``StreamClosed`` if the circuit died, carrying what was not acknowledged."""
+
+    def __init__(self, owner: "_StreamOwner", stream_id: int) -> None:
+        self._owner = owner
+        self.stream_id = stream_id
+        self._rx: deque[bytes] = deque()
+        self._rx_buf = b""
+        self._rx_wait: Optional[asyncio.Future[None]] = None
+        self._tx_wait: Optional[asyncio.Future[None]] = None
+        self._eof = False
+        self._closed_local = False
+        self._error: Optional[BaseException] = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # acknowledgement accounting (SENDMEs for this stream acknowledge 50 cells each)
+        self._offered = 0
+        self._msg_ends: deque[int] = deque()  # cumulative end offsets of send() calls
+        self._cell_sizes: deque[int] = deque()  # DATA cells sent, not yet acknowledged
+        self.acked_bytes = 0
+
+    # -- accounting --------------------------------------------------------------------
+    @property
+    def unacked_bytes(self) -> int:
+        return self._offered - self.acked_bytes
+
+    @property
+    def unacked_messages(self) -> int:
+        return sum(1 for end in self._msg_ends if end > self.acked_bytes)
+
+    def _sent_cell(self, size: int) -> None:
+        self._cell_sizes.append(size)
+
+    def _acked(self, cells: int) -> None:
+        for _ in range(min(cells, len(self._cell_sizes))):
+            self.acked_bytes += self._cell_sizes.popleft()
+        while self._msg_ends and self._msg_ends[0] <= self.acked_bytes:
+            self._msg_ends.popleft()
+
+    # -- events from the owner -------------------------------------------------------------
+    def _data(self, data: bytes) -> None:
+        self._rx.append(data)
+        self._wake_rx()
+
+    def _ended(self) -> None:
+        self._eof = True
+        self._wake_rx()
+        self._wake_tx()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if not self.opened.done():
+            self.opened.set_exception(self._closed_error())
+            self.opened.exception()
+        self._wake_rx()
+        self._wake_tx()
+
+    def _wake_rx(self) -> None:
+        if self._rx_wait is not None and not self._rx_wait.done():
+            self._rx_wait.set_result(None)
+
+    def _wake_tx(self) -> None:
+        if self._tx_wait is not None and not self._tx_wait.done():
+            self._tx_wait.set_result(None)
+
+    def _closed_error(self) -> StreamClosed:
+        return StreamClosed(
+            "stream lost" if self._error else "stream ended",
+            unacked_bytes=self.unacked_bytes,
+            unacked_messages=self.unacked_messages,
+            cause=self._error,
+        )
+
+    # -- application API -------------------------------------------------------------------
+    async def send(self, data: bytes) -> None:
+        if self._closed_local:
+            raise StreamClosed("stream closed locally", unacked_bytes=0, unacked_messages=0, cause=None)
+        if self._error is not None or self._eof:
+            raise self._closed_error()
+        self._offered += len(data)
+        self._msg_ends.append(self._offered)
+        view = memoryview(bytes(data))
+        loop = asyncio.get_running_loop()
+        while view:
+            taken = self._owner.stream_send(self.stream_id, view)
+            view = view[taken:]
+            await self._owner.wait_link_writable()
+            if self._error is not None:
+                raise self._closed_error()
+            if view:
+                self._tx_wait = loop.create_future()
+                try:
+                    await self._tx_wait
+                finally:
+                    self._tx_wait = None
+                if self._error is not None:
+                    raise self._closed_error()
+                if self._eof:
+                    raise self._closed_error()
+
+    async def recv(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while not self._rx:
+            if self._error is not None:
+                raise self._closed_error()
+            if self._eof:
+                return b""
+            self._rx_wait = loop.create_future()
+            try:
+                await self._rx_wait
+            finally:
+                self._rx_wait = None
+        return self._rx.popleft()
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; ``StreamClosed`` if the stream ends first."""
+        buf = bytearray(self._rx_buf)
+        while len(buf) < n:
+            chunk = await self.recv()
+            if not chunk:
+                raise StreamClosed("stream ended early", unacked_bytes=0, unacked_messages=0, cause=None)
+            buf += chunk
+        self._rx_buf = bytes(buf[n:])
+        return bytes(buf[:n])
+
+    async def close(self) -> None:
+        """END the stream once buffered data has gone."""
+        if self._closed_local or self._error is not None:
+            return
+        self._closed_local = True
+        self._owner.stream_close(self.stream_id)
+
+
+class _StreamOwner:
+    """Shared glue between a ``StreamMux`` and the way its messages leave."""
+
+    is_client = False
+
+    def __init__(self, node: OnionNode, mux: StreamMux) -> None:
+        self.node = node
+        self.mux = mux
+        self.streams: dict[int, OnionStream] = {}
+        self.error: Optional[BaseException] = None
+
+    def _emit(self, cmd: int, sid: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _first_link(self) -> Optional[_NodeLink]:
+        raise NotImplementedError
+
+    def pump(self, flush: bool = True) -> None:
+        for cmd, sid, data in self.mux.messages_to_send():
+            if cmd == RelayCommand.DATA:
+                st = self.streams.get(sid)
+                if st is not None:
+                    st._sent_cell(len(data))
+            elif cmd == RelayCommand.END:
+                self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
+            self._emit(cmd, sid, data)
+        self._emitted()
+        if flush and not self.is_client:
+            self.node._flush()  # exit replies went into the relay core
+
+    def _emitted(self) -> None:
+        pass
+
+    def stream_send(self, sid: int, data: memoryview) -> int:
+        if self.error is not None or sid not in self.streams:
+            return 0
+        taken = self.mux.send(sid, data)
+        self.pump()
+        return taken
+
+    def stream_close(self, sid: int) -> None:
+        if self.error is None and sid in self.streams:
+            try:
+                self.mux.close(sid)
+            except Exception:  # noqa: BLE001 - already gone in the core: nothing to end
+                pass
+            self.pump()
+
+    async def wait_link_writable(self) -> None:
+        link = self._first_link()
+        if link is not None and len(link.pending) > LINK_HIGH:
+            await asyncio.wait_for(link.wait_writable(), 30.0)
+
+    def handle(self, command: Any, sid: int, data: bytes) -> list:
+        """Feed one relay message to the mux and dispatch its events; ``CellError`` means
+        the peer broke the stream rules."""
+        if command == RelayCommand.SENDME and sid:
+            st = self.streams.get(sid)
+            if st is not None:
+                st._acked(STREAM_INCREMENT)
+        events = self.mux.receive_message(command, sid, data)
+        for ev in events:
+            st = self.streams.get(ev.stream_id)
+            if isinstance(ev, StreamData):
+                if st is not None:
+                    st._data(ev.data)
+            elif isinstance(ev, StreamOpened):
+                if st is not None and not st.opened.done():
+                    st.opened.set_result(None)
+            elif isinstance(ev, StreamEnded):
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:
+                    st._ended()
+                    if not st.opened.done():
+                        st.opened.set_exception(ConnectionRefusedError(f"stream refused (reason {ev.reason})"))
+                        st.opened.exception()
+        if command == RelayCommand.SENDME:
+            for st in self.streams.values():
+                st._wake_tx()  # a circuit-level SENDME can unblock every stream
+        return events
+
+    def fail_all(self, exc: BaseException) -> None:
+        self.error = exc
+        for st in list(self.streams.values()):
+            st._fail(exc)
+
+
+class _ExitCircuit(_StreamOwner):
+    """Service side of one circuit at its last hop."""
+
+    def __init__(self, node: OnionNode, link_id: int, circ_id: int) -> None:
+        super().__init__(node, StreamMux(is_client=False))
+        self.link_id = link_id
+        self.circ_id = circ_id
+
+    def _emit(self, cmd: int, sid: int, data: bytes) -> None:
+        self.node.relay.send_backward(self.link_id, self.circ_id, cmd, sid, data)
+
+    def _first_link(self) -> Optional[_NodeLink]:
+        return self.node._links_by_id.get(self.link_id)
+
+    def receive(self, command: Any, sid: int, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            events = self.handle(command, sid, data)
+        except CellError as e:
+            self.node._relay_events(self.node.relay.destroy(self.link_id, self.circ_id, e.error_code or 1))
+            return
+        for ev in events:
+            if isinstance(ev, StreamRequested):
+                handler = self.node._services.get(ev.target)
+                if handler is None:
+                    self.mux.refuse(ev.stream_id, END_NO_SERVICE)
+                    continue
+                st = OnionStream(self, ev.stream_id)
+                st.opened.set_result(None)
+                self.streams[ev.stream_id] = st
+                self.mux.accept(ev.stream_id)
+                self.node._spawn(self._serve(handler, st))
+        self.pump(flush=False)  # called from _cells_in, which flushes once per batch
+
+    async def _serve(self, handler: Callable[[OnionStream], Awaitable[None]], st: OnionStream) -> None:
+        try:
+            await handler(st)
+        except StreamClosed:
+            pass
+        except Exception:
+            log.exception("onion service handler failed")
+        finally:
+            await st.close()
+
+    def closed(self, exc: BaseException) -> None:
+        self.fail_all(exc)
+
+
+class OnionCircuit(_StreamOwner):
+    """A client circuit: build it with ``OnionClient.build_circuit``."""
+
+    is_client = True
+
+    def __init__(self, node: OnionNode, link: _NodeLink, circ_id: int, path: list[RelayInfo]) -> None:
+        super().__init__(node, StreamMux(is_client=True))
+        self.link = link
+        self.circ_id = circ_id
+        self.path = path
+        self._core = ClientCircuit(
+            circ_id,
+            rng=node.rng,
+            now=time.monotonic(),
+            lifetime=node.circuit_lifetime,
+            handshake_timeout=node.handshake_timeout,
+        )
+        self.rotation_due = False
+        """Set when the circuit reached ``rotate_after`` (0.8 x lifetime)."""
+        self.built: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[CircuitError] = asyncio.get_running_loop().create_future()
+
+    @property
+    def node_ids(self) -> list[bytes]:
+        return [r.node_id for r in self.path]
+
+    @property
+    def exit_node_id(self) -> bytes:
+        return self.path[-1].node_id
+
+    @property
+    def is_open(self) -> bool:
+        return self.error is None and self.built.done() and not self.built.exception()
+
+    def _first_link(self) -> Optional[_NodeLink]:
+        return self.link
+
+    def _start(self) -> None:
+        self._core.build([HopSpec(r.node_id, r.xwing_public_key) for r in self.path], time.monotonic())
+        self._send_cells()
+
+    def _send_cells(self) -> None:
+        self.link.queue_many(self._core.cells_to_send())
+
+    def _emit(self, cmd: int, sid: int, data: bytes) -> None:
+        self._core.send_relay(self._core.hops - 1, cmd, sid, data)
+
+    def _emitted(self) -> None:
+        self._send_cells()  # once per pump: one extend of the link queue
+
+    def send_drop(self, data: bytes = b"", hop: Optional[int] = None) -> None:
+        """Long-range padding: a DROP relay cell with ``data`` to ``hop`` (default: last)."""
+        if self.error is not None:
+            raise self.error
+        self._core.send_relay(self._core.hops - 1 if hop is None else hop, RelayCommand.DROP, 0, bytes(data))
+        self._send_cells()
+
+    def _receive(self, cell: Any, now: float) -> None:
+        for ev in self._core.receive_cell(cell, now):
+            if isinstance(ev, RelayMessageReceived):
+                if ev.hop != self._core.hops - 1:
+                    continue  # only the last hop carries our streams
+                try:
+                    self.handle(ev.command, ev.stream_id, ev.data)
+                except CellError as e:
+                    for ev2 in self._core.destroy(e.error_code or DestroyReason.PROTOCOL):
+                        self._closed_event(ev2)
+                    break
+                self.pump()
+            elif isinstance(ev, CircuitBuilt):
+                if not self.built.done():
+                    self.built.set_result(None)
+            elif isinstance(ev, CircuitClosed):
+                self._closed_event(ev)
+        self._send_cells()
+
+    def _closed_event(self, ev: CircuitClosed) -> None:
+        self._fail(CircuitError(ev.reason, ev.remote))
+
+    def _timer(self, now: float) -> None:
+        for ev in self._core.handle_timer(now):
+            if isinstance(ev, CircuitClosed):
+                self._closed_event(ev)
+            elif isinstance(ev, CircuitRotationDue):
+                self.rotation_due = True  # owners should build a replacement for new streams
+        self._send_cells()
+
+    def _fail(self, exc: CircuitError) -> None:
+        if self._core.state != "CLOSED":
+            self._core.destroy(exc.reason)
+            self._send_cells()
+        self.node._client_circs.pop((self.link.id, self.circ_id), None)
+        if not self.built.done():
+            self.built.set_exception(exc)
+            self.built.exception()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        self.fail_all(exc)
+
+    async def open_stream(self, dest: bytes, service: str | bytes, *, timeout: float = 30.0) -> OnionStream:
+        """Open a stream to ``service`` on ``dest``, which must be this circuit's last hop."""
+        if self.error is not None:
+            raise self.error
+        if bytes(dest) != self.exit_node_id:
+            raise ValueError("the destination must be the circuit's last hop (build_circuit(exit=dest))")
+        target = service.encode() if isinstance(service, str) else bytes(service)
+        sid = self.mux.open_stream(target)
+        st = OnionStream(self, sid)
+        self.streams[sid] = st
+        self.pump()
+        await asyncio.wait_for(asyncio.shield(st.opened), timeout)
+        return st
+
+    async def close(self) -> None:
+        """Send DESTROY along the path and fail any stream still open."""
+        if self.error is None:
+            self._fail(CircuitError(DestroyReason.REQUESTED, False, "closed by owner"))
+            self.node._flush()
+            await self.wait_link_writable()
+
+
+class OnionClient:
+    """Builds circuits from ``node``'s directory (``per_subnet=None`` on loopback)."""
+
+    def __init__(self, node: OnionNode, *, per_subnet: Optional[int] = 1) -> None:
+        self.node = node
+        self.per_subnet = per_subnet
+
+    async def build_circuit(
+        self, hops: int = 3, *, exit: Optional[bytes] = None, path: Optional[list[bytes]] = None, timeout: float = 30.0
+    ) -> OnionCircuit:
+        """Select a path (weighted by bandwidth x reputation, no relay twice, one per /16
+        unless ``per_subnet`` says otherwise), open the link to the first hop, build."""
+        node = self.node
+        infos = {r.node_id: r for r in node.directory.relay_infos()}
+        if path is not None:
+            chosen = [infos[bytes(n)] for n in path]
+        else:
+            exclude = {node.node_id}
+            if exit is not None:
+                exclude.add(bytes(exit))
+                if bytes(exit) not in infos:
+                    raise LookupError("exit not in the directory")
+            k = hops - (1 if exit is not None else 0)
+            chosen = select_path(
+                list(infos.values()), k, node.rng, exclude=frozenset(exclude), per_subnet=self.per_subnet
+            )
+            if exit is not None:
+                chosen.append(infos[bytes(exit)])
+        link = await node.link_to(chosen[0].node_id, timeout=timeout)
+        while True:
+            circ_id = int.from_bytes(node.rng(4), "big")
+            if circ_id and (link.id, circ_id) not in node._client_circs:
+                break
+        circ = OnionCircuit(node, link, circ_id, chosen)
+        node._client_circs[(link.id, circ_id)] = circ
+        circ._start()
+        node._rearm()
+        try:
+            await asyncio.wait_for(asyncio.shield(circ.built), timeout)
+        except BaseException:
+            await circ.close()
+            raise
+        return circ
