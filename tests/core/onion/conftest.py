@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from testutil import DeterministicRng
 
 from qudag_core.crypto import XWingPrivateKey, blake3_hash
 from qudag_core.onion.circuit import ClientCircuit, HopSpec
@@ -76,17 +77,9 @@ class Net:
         return [r.circuit_count for r in self.relays]
 
 
-class SeedRng:
-    def __init__(self, seed: bytes = b"onion") -> None:
-        self._seed = seed
-        self._ctr = 0
-
-    def __call__(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(self._seed + self._ctr.to_bytes(8, "big")).digest()
-            self._ctr += 1
-        return out[:n]
+def SeedRng(seed: bytes = b"onion") -> DeterministicRng:
+    """The shared deterministic rng, seeded for the onion tests."""
+    return DeterministicRng(seed)
 
 
 @pytest.fixture(scope="session")
