@@ -1,0 +1,164 @@
+"""Build a small internet in Linux network namespaces (root only), and tear it down.
+
+Everything is created *inside* namespaces the lab made (``ip netns add``, veth pairs
+created with ``ip -n NS link add ... peer ... netns OTHER``); the root namespace's
+interfaces, routes and firewall are never touched.  Addresses are RFC 5737 documentation
+ranges only: 203.0.113.0/24 is the "internet", 192.0.2.0/24 and 198.51.100.0/24 the
+private sides.  Names carry a random per-run prefix so parallel or crashed runs never
+collide, and ``close()`` kills every process the lab started before deleting the
+namespaces.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NODE = os.path.join(REPO, "tests", "netns", "nat_node.py")
+
+
+class LabUnavailable(Exception):
+    pass
+
+
+def _run(cmd, check=True, timeout=10):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return p
+
+
+class Lab:
+    def __init__(self) -> None:
+        self.prefix = "qd" + secrets.token_hex(3)
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+
+    @staticmethod
+    def probe() -> None:
+        """Raise ``LabUnavailable`` (with the reason) when namespaces cannot be made here."""
+        if os.geteuid() != 0:
+            raise LabUnavailable("network namespaces need root")
+        for tool in ("ip", "iptables"):
+            if shutil.which(tool) is None:
+                raise LabUnavailable(f"{tool} not installed")
+        name = "qdprobe" + secrets.token_hex(3)
+        p = _run(["ip", "netns", "add", name], check=False)
+        if p.returncode != 0:
+            raise LabUnavailable(f"ip netns add failed: {p.stderr.strip()}")
+        _run(["ip", "netns", "del", name], check=False)
+
+    def ns(self, role: str) -> str:
+        name = f"{self.prefix}{role}"
+        _run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.sh(name, "ip link set lo up")
+        return name
+
+    def sh(self, ns: str, cmd: str, check: bool = True):
+        return _run(["ip", "netns", "exec", ns, "sh", "-c", cmd], check=check)
+
+    def veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
+        _run(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
+        _run(["ip", "-n", ns_a, "link", "set", if_a, "up"])
+        _run(["ip", "-n", ns_b, "link", "set", if_b, "up"])
+
+    def spawn(self, ns: str, args: list, log_path: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=REPO)
+        log = open(log_path, "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args], stdout=log,
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def node(self, ns: str, role: str, workdir: str, *extra: str, name: str | None = None) -> subprocess.Popen:
+        log = os.path.join(workdir, f"{name or role}.log")
+        args = [NODE, role, "--dir", workdir, *extra] + (["--name", name] if name else [])
+        return self.spawn(ns, args, log)
+
+    def stop(self, p: subprocess.Popen, timeout: float = 3.0) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout)
+
+    def close(self) -> None:
+        for p in self.procs:
+            self.stop(p)
+        self.procs.clear()
+        for name in reversed(self.namespaces):
+            _run(["ip", "netns", "del", name], check=False)
+        self.namespaces.clear()
+
+
+def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+# -- the NAT matrix topology --------------------------------------------------------------
+#: How each modelled NAT is made with iptables inside its router namespace.
+#:  * full_cone (EIM + EIF): MASQUERADE keeps the source port, and a static DNAT sends any
+#:    inbound TCP to the ephemeral range on to the single inner host.
+#:  * port_restricted (EIM + address-and-port-dependent filtering): plain MASQUERADE;
+#:    conntrack lets in only replies from the exact remote endpoint.
+#:  * symmetric (APDM): MASQUERADE --random-fully, a fresh random port per destination.
+NAT_RULES = {
+    "full_cone": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
+                  "iptables -t nat -A PREROUTING -i wan -p tcp --dport 20000:65535 -j DNAT --to-destination {inner}"],
+    "port_restricted": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE"],
+    "symmetric": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully"],
+}
+
+
+class NatMatrixLab(Lab):
+    """relay (203.0.113.1) <-> natA (203.0.113.2) <-> peerA (192.0.2.2)
+                           <-> natB (203.0.113.6) <-> peerB (198.51.100.2)"""
+
+    RELAY_IP = "203.0.113.1"
+    SIDES = {"a": ("203.0.113.0/30", "203.0.113.1", "203.0.113.2", "192.0.2"),
+             "b": ("203.0.113.4/30", "203.0.113.5", "203.0.113.6", "198.51.100")}
+
+    def build(self) -> None:
+        self.relay_ns = self.ns("rly")
+        self.sh(self.relay_ns, "sysctl -qw net.ipv4.ip_forward=1")
+        self.nat_ns, self.peer_ns, self.public_ip, self.inner_ip = {}, {}, {}, {}
+        for side, (_, rly_ip, wan_ip, lan) in self.SIDES.items():
+            nat, peer = self.ns("nat" + side), self.ns("peer" + side)
+            self.nat_ns[side], self.peer_ns[side] = nat, peer
+            self.public_ip[side], self.inner_ip[side] = wan_ip, f"{lan}.2"
+            self.veth(nat, "wan", self.relay_ns, "to" + side)
+            self.sh(self.relay_ns, f"ip addr add {rly_ip}/30 dev to{side}")
+            self.sh(nat, f"ip addr add {wan_ip}/30 dev wan && ip route add default via {rly_ip}")
+            self.veth(nat, "lan", peer, "eth0")
+            self.sh(nat, f"ip addr add {lan}.1/24 dev lan && sysctl -qw net.ipv4.ip_forward=1")
+            self.sh(peer, f"ip addr add {lan}.2/24 dev eth0 && ip route add default via {lan}.1")
+        # The relay listens on 203.0.113.1 (its address towards natA); natB reaches it by routing.
+
+    def set_nat(self, side: str, kind: str) -> None:
+        nat = self.nat_ns[side]
+        self.sh(nat, "iptables -t nat -F && iptables -F")
+        # Routers drop unsolicited inbound TCP instead of answering RST, so an early SYN of
+        # a simultaneous open is lost (and retransmitted), not refused.
+        self.sh(nat, "iptables -A INPUT -i wan -p tcp -j DROP")
+        for rule in NAT_RULES[kind]:
+            self.sh(nat, rule.format(inner=self.inner_ip[side]))
