@@ -129,8 +129,9 @@ class _Punch:
 
     def succeeded(self) -> None:
         """The adapter's dial produced an authenticated direct link."""
-        if not self._step("succeeded"):
+        if (self.role, self.state, "succeeded") not in _TRANSITIONS:  # API misuse: state unchanged
             raise LocalProtocolError("succeeded() outside DIALING")
+        self._step("succeeded")
         self._deadline = None
 
     def get_timer(self) -> float | None:
