@@ -102,9 +102,61 @@ async def dialer(args) -> None:
     await rl.close()
 
 
+async def upnp_serve(args) -> None:
+    """Listen for qudag links on --local-port, map it on the gateway with UPnP, serve one
+    echo-hash client, then delete the mapping when ``<dir>/<name>.stop`` appears."""
+    from qudag_io.upnp import map_port
+
+    ident = Identity.generate(os.urandom)
+    served = asyncio.Event()
+
+    async def handler(conn):
+        h = hashlib.sha256()
+        n = int(await conn.recv())
+        for _ in range(n):
+            h.update(await conn.recv())
+        await conn.send(h.digest())
+        served.set()
+        await asyncio.wait_for(conn.recv(), 10)
+
+    async with await listen("0.0.0.0", args.local_port, identity=ident, handler=handler) as server:
+        mapping = await map_port(internal_port=args.local_port, protocol="TCP", lease=120, timeout=3)
+        try:
+            cert = ident.issue_certificate([(mapping.external_ip, mapping.external_port)], now=time.time())
+            _write(os.path.join(args.dir, "upnp.cert"), cert.to_bytes())
+            _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
+                "external_ip": mapping.external_ip, "external_port": mapping.external_port}).encode())
+            await _wait_file(os.path.join(args.dir, f"{args.name}.stop"), args.lifetime)
+        finally:
+            await mapping.close()
+        _write(os.path.join(args.dir, f"{args.name}.deleted"), json.dumps({"served": served.is_set()}).encode())
+        del server
+
+
+async def dial_direct(args) -> None:
+    """Connect to the peer named in ``<dir>/upnp.cert`` (its mapped public address) with
+    ``establish`` (so the direct step is what wins), send a payload, check its hash."""
+    cert = NodeCertificate.from_bytes(await _wait_file(os.path.join(args.dir, "upnp.cert"), 20))
+    ident = Identity.generate(os.urandom)
+    t0 = time.time()
+    res = await establish(cert.node_id, identity=ident, peer_certificate=cert, direct_timeout=3)
+    conn = res.connection
+    payload = os.urandom(args.size)
+    chunks = [payload[i:i + CHUNK] for i in range(0, len(payload), CHUNK)]
+    await conn.send(str(len(chunks)).encode())
+    for c in chunks:
+        await conn.send(c)
+    digest = await asyncio.wait_for(conn.recv(), 20)
+    await conn.send(b"bye")
+    _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
+        "path": res.path, "hash_ok": digest == hashlib.sha256(payload).digest(),
+        "establish_seconds": time.time() - t0, "remote": list(conn.remote_address[:2])}).encode())
+    await conn.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["relay", "listener", "dialer"])
+    ap.add_argument("role", choices=["relay", "listener", "dialer", "upnp-serve", "dial-direct"])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--host", default="203.0.113.1")
     ap.add_argument("--port", type=int, default=7000)
@@ -116,7 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dial-timeout", type=float, default=2.0)
     ap.add_argument("--lifetime", type=float, default=60.0)
     args = ap.parse_args(argv)
-    fn = {"relay": relay, "listener": listener, "dialer": dialer}[args.role]
+    fn = {"relay": relay, "listener": listener, "dialer": dialer, "upnp-serve": upnp_serve,
+          "dial-direct": dial_direct}[args.role]
 
     async def bounded():
         await asyncio.wait_for(fn(args), args.lifetime + 5)

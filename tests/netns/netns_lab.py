@@ -162,3 +162,82 @@ class NatMatrixLab(Lab):
         self.sh(nat, "iptables -A INPUT -i wan -p tcp -j DROP")
         for rule in NAT_RULES[kind]:
             self.sh(nat, rule.format(inner=self.inner_ip[side]))
+
+
+# -- the UPnP topology --------------------------------------------------------------------
+MINIUPNPD_NFT = """
+table inet filter {
+  chain forward { type filter hook forward priority 0; policy drop;
+                  ct state established,related accept; iifname "lan" accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+                      jump postrouting_miniupnpd; oifname "wan" masquerade; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+"""
+
+MINIUPNPD_CONF = """ext_ifname=wan
+listening_ip=lan
+http_port=5000
+enable_upnp=yes
+enable_natpmp=no
+secure_mode=yes
+system_uptime=yes
+lease_file={lease_file}
+uuid=3c4f1a52-0b7e-4d3e-9a59-6d2d0b6c7e11
+ext_perform_stun=yes
+ext_stun_host=203.0.113.1
+ext_stun_port=3478
+allow 1024-65535 192.0.2.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+
+
+class UpnpLab(Lab):
+    """inet (203.0.113.1 + .9: coturn with RFC 5780) <-> router (wan 203.0.113.2, miniupnpd)
+    <-> inner peer (192.0.2.2).
+
+    miniupnpd refuses to forward ports while its external address is "reserved" (it counts
+    the RFC 5737 ranges as such), unless ``ext_perform_stun`` finds that address reachable
+    from outside unfiltered; the coturn in the inet namespace answers those RFC 5780
+    CHANGE-REQUEST probes.  The router's nftables chains are the ones Debian's
+    /etc/miniupnpd/nft_init.sh makes (family inet, table filter).
+    """
+
+    def build(self, workdir: str) -> None:
+        self.inet, self.router, self.inner = self.ns("inet"), self.ns("rtr"), self.ns("inner")
+        self.veth(self.router, "wan", self.inet, "eth0")
+        self.veth(self.router, "lan", self.inner, "eth0")
+        self.sh(self.inet, "ip addr add 203.0.113.1/24 dev eth0 && ip addr add 203.0.113.9/24 dev eth0")
+        self.sh(self.router, "ip addr add 203.0.113.2/24 dev wan && ip addr add 192.0.2.1/24 dev lan"
+                             " && sysctl -qw net.ipv4.ip_forward=1")
+        self.sh(self.inner, "ip addr add 192.0.2.2/24 dev eth0 && ip route add default via 192.0.2.1")
+        nft = os.path.join(workdir, "router.nft")
+        with open(nft, "w") as f:
+            f.write(MINIUPNPD_NFT)
+        self.sh(self.router, f"nft -f {nft}")
+        conf = os.path.join(workdir, "miniupnpd.conf")
+        with open(conf, "w") as f:
+            f.write(MINIUPNPD_CONF.format(lease_file=os.path.join(workdir, "upnp.leases")))
+        self.conf = conf
+
+    def start_daemons(self, workdir: str) -> None:
+        turn = ["turnserver", "-n", "--no-cli", "--log-file=stdout", "--simple-log",
+                "--listening-ip=203.0.113.1", "--listening-ip=203.0.113.9", "--listening-port=3478",
+                "--alt-listening-port=3479", "--no-tls", "--no-dtls", "--stun-only",
+                f"--userdb={os.path.join(workdir, 'turn.db')}", f"--pidfile={os.path.join(workdir, 'turn.pid')}"]
+        self.turn = self.spawn_cmd(self.inet, turn, os.path.join(workdir, "turn.log"))
+        time.sleep(1.0)  # coturn binds quickly; miniupnpd's STUN probe retries for 3 s anyway
+        self.miniupnpd = self.spawn_cmd(
+            self.router, ["miniupnpd", "-d", "-f", self.conf, "-P", os.path.join(workdir, "miniupnpd.pid")],
+            os.path.join(workdir, "miniupnpd.log"))
+
+    def spawn_cmd(self, ns: str, cmd: list, log_path: str) -> subprocess.Popen:
+        log = open(log_path, "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.procs.append(p)
+        return p
