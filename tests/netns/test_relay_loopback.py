@@ -115,3 +115,47 @@ def test_relay_refuses_without_reservation_and_over_quota(loop_name):
             await b.close()
             node.close()
     run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_establish_prefers_direct_then_relay(loop_name):
+    """Order: a reachable certificate address wins (path "direct"); a dead one falls
+    through to the relay within the direct timeout."""
+    async def main():
+        node, server = await _relay()
+        async with server:
+            b_id, b = await _client(server)
+            a_id, a = await _client(server)
+            await b.reserve()
+
+            async def echo(conn):
+                async for m in conn:
+                    await conn.send(m)
+
+            async with await listen("127.0.0.1", 0, identity=b_id, handler=echo) as direct:
+                addr = direct.addresses[0]
+                res = await establish(b_id.node_id, identity=a_id, relay=a, peer_certificate=direct.certificate)
+                assert res.path == "direct"
+                await _exchange_echo(res.connection)
+                await res.connection.close()
+            # The listener is gone: its address refuses, so the relay path is taken.
+            dead = b_id.issue_certificate([addr], now=time.time())
+            acc = asyncio.ensure_future(accept_relayed(b, identity=b_id, dial_timeout=1.0))
+            t0 = time.monotonic()
+            res = await establish(b_id.node_id, identity=a_id, relay=a, peer_certificate=dead,
+                                  direct_timeout=1.0, punch=False)
+            assert res.path == "relay" and time.monotonic() - t0 < 5
+            other = await acc
+            await res.connection.send(b"via relay")
+            assert await other.connection.recv() == b"via relay"
+            await res.connection.close()
+            await a.close()
+            await b.close()
+            node.close()
+    run(loop_name, main)
+
+
+async def _exchange_echo(conn):
+    payload = os.urandom(30_000)
+    await conn.send(payload)
+    assert await conn.recv() == payload
