@@ -78,8 +78,10 @@ async def listener(args) -> None:
 async def dialer(args) -> None:
     ident = Identity.generate(os.urandom)
     target = await _wait_file(os.path.join(args.dir, f"{args.target}.id"), 30)
+    t_link = time.time()
     rl = await _relay_link(args, ident)
     t0 = time.time()
+    t_link = t0 - t_link
     res = await establish(target, identity=ident, relay=rl, dial_timeout=args.dial_timeout,
                           punch_attempts=args.attempts)
     t_est = time.time() - t0
@@ -93,6 +95,7 @@ async def dialer(args) -> None:
     await conn.send(b"bye")
     _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
         "path": res.path, "attempts": res.attempts, "rtt": res.rtt, "establish_seconds": t_est,
+        "relay_link_seconds": t_link,
         "hash_ok": digest == hashlib.sha256(payload).digest(), "peer": conn.peer_node_id.hex(),
         "local": list(conn.local_address[:2]) if isinstance(conn.local_address, tuple) else None,
         "remote": list(conn.remote_address[:2]) if isinstance(conn.remote_address, tuple) else None,

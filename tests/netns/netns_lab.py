@@ -241,3 +241,45 @@ class UpnpLab(Lab):
         log.close()
         self.procs.append(p)
         return p
+
+
+def start_matrix(tmpdir: str) -> NatMatrixLab:
+    """Build the matrix lab and start its relay (caller must ``close()``)."""
+    lab = NatMatrixLab()
+    try:
+        lab.build()
+        lab.workdir = tmpdir
+        lab.relay_proc = lab.node(lab.relay_ns, "relay", tmpdir, "--lifetime", "170")
+        if not wait_for(lambda: os.path.exists(os.path.join(tmpdir, "relay.cert")), 20):
+            raise RuntimeError("relay did not start")
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+def run_pair(lab: NatMatrixLab, kind_a: str, kind_b: str, tag: str, port_offset: int,
+             timeout: float = 45.0) -> tuple:
+    """Peer A behind ``kind_a`` establishes to peer B behind ``kind_b``; returns both results."""
+    import json
+
+    lab.set_nat("a", kind_a)
+    lab.set_nat("b", kind_b)
+    w = lab.workdir
+    a_name, b_name = f"a{tag}", f"b{tag}"
+    b = lab.node(lab.peer_ns["b"], "listener", w, "--local-port", str(41000 + port_offset), "--lifetime", "40",
+                 name=b_name)
+    a = lab.node(lab.peer_ns["a"], "dialer", w, "--local-port", str(42000 + port_offset), "--target", b_name,
+                 "--lifetime", "40", name=a_name)
+    a_json, b_json = os.path.join(w, f"{a_name}.json"), os.path.join(w, f"{b_name}.json")
+    try:
+        done = wait_for(lambda: os.path.exists(a_json) and os.path.exists(b_json)
+                        or a.poll() not in (None, 0) or b.poll() not in (None, 0), timeout)
+        if not (done and os.path.exists(a_json) and os.path.exists(b_json)):
+            logs = {n: open(os.path.join(w, f"{n}.log")).read()[-2000:] for n in (a_name, b_name)}
+            raise AssertionError(f"peers did not finish: {logs}")
+        with open(a_json) as fa, open(b_json) as fb:
+            return json.load(fa), json.load(fb)
+    finally:
+        lab.stop(a)
+        lab.stop(b)

@@ -10,12 +10,9 @@ checks on the other side.  Skips (with the reason) where namespaces cannot be ma
 from __future__ import annotations
 
 import itertools
-import json
-import os
-
 import pytest
 
-from netns_lab import LabUnavailable, NatMatrixLab, wait_for
+from netns_lab import LabUnavailable, NatMatrixLab, run_pair, start_matrix
 
 KINDS = ["full_cone", "port_restricted", "symmetric"]
 pytestmark = pytest.mark.netns
@@ -29,46 +26,18 @@ def lab(tmp_path_factory):
         NatMatrixLab.probe()
     except LabUnavailable as exc:
         pytest.skip(f"network namespaces unavailable: {exc}")
-    lab = NatMatrixLab()
-    workdir = str(tmp_path_factory.mktemp("natlab"))
+    lab = start_matrix(str(tmp_path_factory.mktemp("natlab")))
     try:
-        lab.build()
-        relay = lab.node(lab.relay_ns, "relay", workdir, "--lifetime", "170")
-        assert wait_for(lambda: os.path.exists(os.path.join(workdir, "relay.cert")), 20), "relay did not start"
-        lab.workdir = workdir
-        lab.relay_proc = relay
         yield lab
     finally:
         lab.close()
 
 
-def _result(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 @pytest.mark.parametrize("kind_a,kind_b", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_nat_pair_connects(lab, kind_a, kind_b):
     idx = PAIRS.index((kind_a, kind_b))
-    lab.set_nat("a", kind_a)
-    lab.set_nat("b", kind_b)
-    w = lab.workdir
-    a_name, b_name = f"a{idx}", f"b{idx}"
     # Fresh local ports per pair, so no conntrack entry of an earlier pair interferes.
-    b = lab.node(lab.peer_ns["b"], "listener", w, "--local-port", str(41000 + idx), "--lifetime", "40",
-                 name=b_name)
-    a = lab.node(lab.peer_ns["a"], "dialer", w, "--local-port", str(42000 + idx), "--target", b_name,
-                 "--lifetime", "40", name=a_name)
-    a_json, b_json = os.path.join(w, f"{a_name}.json"), os.path.join(w, f"{b_name}.json")
-    try:
-        done = wait_for(lambda: os.path.exists(a_json) and os.path.exists(b_json)
-                        or a.poll() not in (None, 0) or b.poll() not in (None, 0), 45)
-        logs = {n: open(os.path.join(w, f"{n}.log")).read()[-2000:] for n in (a_name, b_name)}
-        assert done and os.path.exists(a_json) and os.path.exists(b_json), f"peers did not finish: {logs}"
-        ra, rb = _result(a_json), _result(b_json)
-    finally:
-        lab.stop(a)
-        lab.stop(b)
+    ra, rb = run_pair(lab, kind_a, kind_b, str(idx), idx)
     expected = "relay" if "symmetric" in (kind_a, kind_b) else "punched"
     assert ra["path"] == rb["path"] == expected, (ra, rb)
     assert ra["hash_ok"] is True
