@@ -60,7 +60,9 @@ def test_time_to_link(benchmark, lab, kind_a, kind_b):
         "path": ra["path"], "attempts": ra["attempts"], "dcutr_rtt_s": ra["rtt"],
         "establish_s": ra["establish_seconds"], "baseline_relay_link_s": ra["relay_link_seconds"],
         "ratio_establish_over_baseline": ra["establish_seconds"] / ra["relay_link_seconds"],
+        "udp_validated": ra["udp"], "udp_validate_s": ra["udp_seconds"],
     })
     print(f"\n{kind_a}-{kind_b}: path={ra['path']} establish={ra['establish_seconds'] * 1000:.1f} ms "
           f"baseline(direct PQ link to relay)={ra['relay_link_seconds'] * 1000:.1f} ms "
-          f"ratio={ra['establish_seconds'] / ra['relay_link_seconds']:.2f} attempts={ra['attempts']}")
+          f"ratio={ra['establish_seconds'] / ra['relay_link_seconds']:.2f} attempts={ra['attempts']} "
+          f"udp={ra['udp']} udp_validate={(ra['udp_seconds'] or 0) * 1000:.1f} ms")

@@ -41,7 +41,7 @@ from qudag_core.nat.traversal_events import (
 )
 from qudag_io.link import Connection, ConnectionClosed, _LinkProtocol
 
-__all__ = ["RelayNode", "RelayClientLink", "RelayError", "establish", "accept_relayed",
+__all__ = ["RelayNode", "RelayClientLink", "RelayError", "establish", "accept_relayed", "open_udp_path",
            "connect_from_port", "EstablishResult"]
 
 log = logging.getLogger("qudag.traversal")
@@ -592,3 +592,115 @@ async def accept_relayed(
             res = await asyncio.gather(dial_task, return_exceptions=True)
             if res and isinstance(res[0], Connection):
                 await res[0].close()
+
+
+# --------------------------------------------------------------------------- UDP path
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: "UdpPathEndpoint") -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: the deadline decides
+        pass
+
+
+class UdpPathEndpoint:
+    """A UDP path to the peer of an established link (``qudag_core.nat.udppath``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.core: Any = None
+        self.transport: Any = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self.result: asyncio.Future = loop.create_future()
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=1024)
+
+    def _process(self, events: list) -> None:
+        from qudag_core.nat.udppath import UdpDatagram, UdpPathFailed, UdpPathValidated
+        for ev in events:
+            if isinstance(ev, UdpPathValidated) and not self.result.done():
+                self.result.set_result(ev)
+            elif isinstance(ev, UdpPathFailed) and not self.result.done():
+                self.result.set_exception(TimeoutError(ev.reason))
+            elif isinstance(ev, UdpDatagram):
+                try:
+                    self._queue.put_nowait(ev.data)
+                except asyncio.QueueFull:
+                    pass  # a datagram transport may drop
+
+    def _transmit(self) -> None:
+        for data, addr in self.core.datagrams_to_send(time.time()):
+            self.transport.sendto(data, addr)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self.core.get_timer()
+        if when is not None:
+            self._timer = self._loop.call_later(max(0.0, when - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._process(self.core.handle_timer(time.time()))
+        self._transmit()
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        self._process(self.core.receive_datagram(data, addr, time.time()))
+        self._transmit()
+
+    def send(self, data: bytes) -> None:
+        self.core.send(data)
+        self._transmit()
+
+    async def recv(self, timeout: float = 5.0) -> bytes:
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_udp_path(conn: Connection, *, local_port: int, stun_server: tuple, timeout: float = 3.0,
+                        rng: Callable[[int], bytes] = os.urandom) -> UdpPathEndpoint:
+    """Punch and validate a UDP path to ``conn``'s peer; both peers call this at once.
+
+    Learns our UDP candidate by STUN from ``local_port``, swaps candidate and a fresh
+    transmit key over the authenticated link, then probes (``qudag_core.nat.udppath``).
+    Raises ``TimeoutError`` when no authenticated ACK arrives within ``timeout``.
+    """
+    from qudag_core.nat.punch import decode_message, encode_connect
+    from qudag_core.nat.udppath import UdpPath
+    from qudag_io.stun import stun_binding
+
+    key, nonce = rng(32), rng(8)
+    try:
+        candidate = await stun_binding(stun_server, local_addr=("0.0.0.0", local_port), timeout=2.0)
+    except Exception:
+        await conn.send(b"Q")  # an empty offer keeps the peer's exchange in step
+        msg = await asyncio.wait_for(conn.recv(), timeout + 2.0)
+        raise
+    await conn.send(b"Q" + key + encode_connect([candidate]))
+    msg = await asyncio.wait_for(conn.recv(), timeout + 2.0)
+    if msg[:1] != b"Q":
+        raise RelayError("peer sent something else than a UDP offer")
+    if len(msg) < 34:
+        raise TimeoutError("peer has no UDP candidate")
+    kind, addrs = decode_message(msg[33:])
+    if kind != "connect":
+        raise RelayError("bad UDP candidate message")
+    loop = asyncio.get_running_loop()
+    ep = UdpPathEndpoint(loop)
+    ep.core = UdpPath(tx_key=key, rx_key=msg[1:33], session_id=conn.session_id, candidates=addrs,
+                      nonce=nonce, now=time.time(), timeout=timeout)
+    ep.transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(ep),
+                                                          local_addr=("0.0.0.0", local_port))
+    ep._transmit()
+    try:
+        await asyncio.wait_for(asyncio.shield(ep.result), timeout + 1.0)
+    except BaseException:
+        ep.close()
+        raise
+    return ep

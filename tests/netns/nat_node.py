@@ -17,7 +17,8 @@ import time
 
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_io.link import listen
-from qudag_io.traversal import RelayClientLink, RelayNode, accept_relayed, establish
+from qudag_core.nat.stun import binding_response
+from qudag_io.traversal import RelayClientLink, RelayNode, accept_relayed, establish, open_udp_path
 
 CHUNK = 32_000
 
@@ -39,13 +40,43 @@ async def _wait_file(path: str, timeout: float) -> bytes:
     raise TimeoutError(f"{path} did not appear")
 
 
+async def _udp(conn, args):
+    """Try the UDP path (STUN at the relay host, port 3478); None when it cannot be validated."""
+    if not args.udp_port:
+        return None
+    try:
+        ep = await open_udp_path(conn, local_port=args.udp_port, stun_server=(args.host, 3478), timeout=3.0)
+    except Exception as exc:  # noqa: BLE001 - any failure means "no UDP path", reported in the JSON
+        import traceback; traceback.print_exc()
+        return None
+    ep.elapsed = ep.result.result().elapsed
+    return ep
+
+
 async def relay(args) -> None:
     ident = Identity.generate(os.urandom)
     node = RelayNode()
     cert = ident.issue_certificate([(args.host, args.port)], now=time.time())
-    async with await listen("0.0.0.0", args.port, identity=ident, handler=node.handle, certificate=cert):
-        _write(os.path.join(args.dir, "relay.cert"), cert.to_bytes())
-        await asyncio.sleep(args.lifetime)
+    loop = asyncio.get_running_loop()
+
+    class Stun(asyncio.DatagramProtocol):  # a plain RFC 8489 Binding server for UDP candidates
+        def connection_made(self, transport):
+            self.t = transport
+
+        def datagram_received(self, data, addr):
+            out = binding_response(data, addr[:2], (args.host, 3478))
+            if out is not None:
+                self.t.sendto(out[0], addr)
+
+    # Bound to the public address itself so that answers leave from it (the relay host has
+    # another address towards natB, which a wildcard socket would answer from).
+    stun_t, _ = await loop.create_datagram_endpoint(Stun, local_addr=(args.host, 3478))
+    try:
+        async with await listen("0.0.0.0", args.port, identity=ident, handler=node.handle, certificate=cert):
+            _write(os.path.join(args.dir, "relay.cert"), cert.to_bytes())
+            await asyncio.sleep(args.lifetime)
+    finally:
+        stun_t.close()
 
 
 async def _relay_link(args, ident):
@@ -68,9 +99,14 @@ async def listener(args) -> None:
     for _ in range(n):
         h.update(await conn.recv())
     await conn.send(h.digest())
+    udp = await _udp(conn, args)
+    n_udp = int((await asyncio.wait_for(conn.recv(), 10))[1:])
+    got = sorted([await udp.recv(5) for _ in range(n_udp)]) if udp is not None else []
+    await conn.send(hashlib.sha256(b"".join(got)).digest())
     await asyncio.wait_for(conn.recv(), 10)  # "bye"
     _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
-        "path": res.path, "peer": conn.peer_node_id.hex(), "attempts": res.attempts}).encode())
+        "path": res.path, "peer": conn.peer_node_id.hex(), "attempts": res.attempts,
+        "udp": udp is not None}).encode())
     await conn.close()
     await rl.close()
 
@@ -92,8 +128,16 @@ async def dialer(args) -> None:
     for c in chunks:
         await conn.send(c)
     digest = await asyncio.wait_for(conn.recv(), 20)
+    udp = await _udp(conn, args)
+    dgrams = [i.to_bytes(2, "big") + os.urandom(1000) for i in range(16)] if udp is not None else []
+    for d in dgrams:
+        udp.send(d)
+    await conn.send(b"N%d" % len(dgrams))
+    udp_hash_ok = await asyncio.wait_for(conn.recv(), 20) == hashlib.sha256(b"".join(sorted(dgrams))).digest()
     await conn.send(b"bye")
     _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
+        "udp": udp is not None, "udp_hash_ok": udp_hash_ok and udp is not None,
+        "udp_seconds": getattr(udp, "elapsed", None),
         "path": res.path, "attempts": res.attempts, "rtt": res.rtt, "establish_seconds": t_est,
         "relay_link_seconds": t_link,
         "hash_ok": digest == hashlib.sha256(payload).digest(), "peer": conn.peer_node_id.hex(),
@@ -150,8 +194,16 @@ async def dial_direct(args) -> None:
     for c in chunks:
         await conn.send(c)
     digest = await asyncio.wait_for(conn.recv(), 20)
+    udp = await _udp(conn, args)
+    dgrams = [i.to_bytes(2, "big") + os.urandom(1000) for i in range(16)] if udp is not None else []
+    for d in dgrams:
+        udp.send(d)
+    await conn.send(b"N%d" % len(dgrams))
+    udp_hash_ok = await asyncio.wait_for(conn.recv(), 20) == hashlib.sha256(b"".join(sorted(dgrams))).digest()
     await conn.send(b"bye")
     _write(os.path.join(args.dir, f"{args.name}.json"), json.dumps({
+        "udp": udp is not None, "udp_hash_ok": udp_hash_ok and udp is not None,
+        "udp_seconds": getattr(udp, "elapsed", None),
         "path": res.path, "hash_ok": digest == hashlib.sha256(payload).digest(),
         "establish_seconds": time.time() - t0, "remote": list(conn.remote_address[:2])}).encode())
     await conn.close()
@@ -166,6 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="peer")
     ap.add_argument("--target", default="b")
     ap.add_argument("--local-port", type=int, default=0)
+    ap.add_argument("--udp-port", type=int, default=0)
     ap.add_argument("--size", type=int, default=256_000)
     ap.add_argument("--attempts", type=int, default=2)
     ap.add_argument("--dial-timeout", type=float, default=2.0)

@@ -124,7 +124,8 @@ def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
 #:  * symmetric (APDM): MASQUERADE --random-fully, a fresh random port per destination.
 NAT_RULES = {
     "full_cone": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
-                  "iptables -t nat -A PREROUTING -i wan -p tcp --dport 20000:65535 -j DNAT --to-destination {inner}"],
+                  "iptables -t nat -A PREROUTING -i wan -p tcp --dport 20000:65535 -j DNAT --to-destination {inner}",
+                  "iptables -t nat -A PREROUTING -i wan -p udp --dport 20000:65535 -j DNAT --to-destination {inner}"],
     "port_restricted": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE"],
     "symmetric": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully"],
 }
@@ -157,9 +158,11 @@ class NatMatrixLab(Lab):
     def set_nat(self, side: str, kind: str) -> None:
         nat = self.nat_ns[side]
         self.sh(nat, "iptables -t nat -F && iptables -F")
-        # Routers drop unsolicited inbound TCP instead of answering RST, so an early SYN of
-        # a simultaneous open is lost (and retransmitted), not refused.
-        self.sh(nat, "iptables -A INPUT -i wan -p tcp -j DROP")
+        # Routers drop unsolicited inbound traffic to themselves: an early SYN of a
+        # simultaneous open is then lost (and retransmitted), not refused with RST, and an
+        # early UDP probe leaves no confirmed conntrack entry behind (one would make
+        # MASQUERADE pick another port for our own later packets to that peer).
+        self.sh(nat, "iptables -A INPUT -i wan -p tcp -j DROP && iptables -A INPUT -i wan -p udp -j DROP")
         for rule in NAT_RULES[kind]:
             self.sh(nat, rule.format(inner=self.inner_ip[side]))
 
@@ -268,9 +271,9 @@ def run_pair(lab: NatMatrixLab, kind_a: str, kind_b: str, tag: str, port_offset:
     w = lab.workdir
     a_name, b_name = f"a{tag}", f"b{tag}"
     b = lab.node(lab.peer_ns["b"], "listener", w, "--local-port", str(41000 + port_offset), "--lifetime", "40",
-                 name=b_name)
+                 "--udp-port", str(43000 + port_offset), name=b_name)
     a = lab.node(lab.peer_ns["a"], "dialer", w, "--local-port", str(42000 + port_offset), "--target", b_name,
-                 "--lifetime", "40", name=a_name)
+                 "--lifetime", "40", "--udp-port", str(44000 + port_offset), name=a_name)
     a_json, b_json = os.path.join(w, f"{a_name}.json"), os.path.join(w, f"{b_name}.json")
     try:
         done = wait_for(lambda: os.path.exists(a_json) and os.path.exists(b_json)

@@ -42,6 +42,13 @@ def test_nat_pair_connects(lab, kind_a, kind_b):
     assert ra["path"] == rb["path"] == expected, (ra, rb)
     assert ra["hash_ok"] is True
     assert ra["peer"] != rb["peer"]
+    # UDP: punched and validated unless the far side can only be reached from the
+    # candidate it announced (port-restricted) while the near side's mapping changes per
+    # destination (symmetric), or both are symmetric.
+    udp_expected = {kind_a, kind_b} not in ({"port_restricted", "symmetric"}, {"symmetric"})
+    assert ra["udp"] is rb["udp"] is udp_expected, (ra, rb)
+    if udp_expected:
+        assert ra["udp_hash_ok"] is True
     if expected == "punched":
         # The direct link runs between the two NATs' public addresses.
         assert ra["remote"] == [lab.public_ip["b"], 41000 + idx]
