@@ -30,7 +30,7 @@ def test_directions_and_hops_get_distinct_keys():
 
 
 @pytest.mark.skipif(not R.HAVE_KERNEL, reason="C kernel not built (pure build)")
-@pytest.mark.parametrize("n", [1, 3, 64, 65, 130])
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 64, 65, 130])
 def test_kernel_matches_fallback(n, rng):
     secret = rng(32)
     for direction in (R.FORWARD, R.BACKWARD):
