@@ -183,6 +183,15 @@ static void xor_into(unsigned char *restrict dst, const unsigned char *restrict 
     for (; k < len; k++) dst[k] ^= src[k];
 }
 
+/* out = a ^ b over one block, as two 64-bit words (out may be a) */
+static inline void xor16(unsigned char *out, const unsigned char *a, const unsigned char *b) {
+    uint64_t a0, a1, b0, b1;
+    memcpy(&a0, a, 8); memcpy(&a1, a + 8, 8);
+    memcpy(&b0, b, 8); memcpy(&b1, b + 8, 8);
+    a0 ^= b0; a1 ^= b1;
+    memcpy(out, &a0, 8); memcpy(out + 8, &a1, 8);
+}
+
 static EVP_CIPHER_CTX *mk(const EVP_CIPHER *cipher, const unsigned char *key, int enc) {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL) return NULL;
@@ -287,15 +296,14 @@ static PyObject *RelayLayer_encrypt(RelayLayer *self, PyObject *args, PyObject *
         for (i = 0; i < m; i++) {
             unsigned char *t = base + (c0 + i) * self->cell_size + self->offset;
             unsigned char h[BLK], x[BLK];
-            int k;
             unsigned char tag[BLK];
             memcpy(tag, originate ? self->expect : t, BLK);
             if (gmac_tag(self, t, clen, h) != 0) goto fail;
-            for (k = 0; k < BLK; k++) x[k] = tag[k] ^ h[k];
+            xor16(x, tag, h);
             /* the plaintext-side tag becomes the chain value */
             memcpy(self->chain, tag, BLK);
             if (ecb1(self->ecb_enc, x, t) != 0) goto fail;
-            for (k = 0; k < BLK; k++) t[k] ^= h[k];
+            xor16(t, t, h);
             memcpy(ivs + i * BLK, t, BLK);
             /* only an originator needs N cell by cell; otherwise once, at the end */
             if (originate && update_expect(self) != 0) goto fail;
@@ -340,13 +348,12 @@ static PyObject *RelayLayer_decrypt(RelayLayer *self, PyObject *obj) {
             unsigned char *t = base + (c0 + i) * self->cell_size + self->offset;
             unsigned char *c = t + BLK;
             unsigned char h[BLK], x[BLK];
-            int k;
             xor_into(c, self->scratch + i * self->nblocks * BLK, clen);
             /* T' is kept in ivs; the tag field is free until T is written */
             if (gmac_tag(self, t, clen, h) != 0) goto fail;
-            for (k = 0; k < BLK; k++) x[k] = ivs[i * BLK + k] ^ h[k];
+            xor16(x, ivs + i * BLK, h);
             if (ecb1(self->ecb_dec, x, t) != 0) goto fail;
-            for (k = 0; k < BLK; k++) t[k] ^= h[k];
+            xor16(t, t, h);
             memcpy(tags + i * BLK, t, BLK);
             memcpy(self->chain, t, BLK);
         }
