@@ -233,3 +233,24 @@ def test_construction_equations(rng, pure):
         assert bytes(cell[HEADER_SIZE + 16 :]) == xor(c, ks)
         assert cell[:HEADER_SIZE] == plain[:HEADER_SIZE]  # the link header is not touched
         s = n  # the chain moves to the plaintext-side tag
+
+
+@pytest.mark.skipif(not R.HAVE_KERNEL, reason="C kernel not built (pure build)")
+@pytest.mark.parametrize(
+    "tag",
+    [
+        bytes(8) + b"\xff" * 7 + b"\xf0",  # the counter carries into the high 64 bits mid-cell
+        b"\xff" * 16,  # the 128-bit counter wraps to zero after the first block
+        b"\x12" * 8 + b"\xff" * 8,
+    ],
+)
+def test_kernel_ctr_counter_carries_match_fallback(tag, rng):
+    """The CTR iv of a peel is the incoming tag, so a hostile sender chooses it: the kernel's
+    counter blocks must carry exactly like cryptography's 128-bit big-endian CTR."""
+    secret = rng(32)
+    cells = bytearray(rng(3 * CELL_SIZE))
+    for i in range(3):
+        cells[i * CELL_SIZE + HEADER_SIZE : i * CELL_SIZE + HEADER_SIZE + 16] = tag
+    other = bytearray(cells)
+    assert layer(secret, R.FORWARD).decrypt(cells) == layer(secret, R.FORWARD, pure=True).decrypt(other)
+    assert cells == other
