@@ -290,23 +290,29 @@ static PyObject *RelayLayer_encrypt(RelayLayer *self, PyObject *args, PyObject *
     const int clen = (int)(self->cell_size - self->offset - BLK);
     unsigned char *base = view.buf;
     unsigned char ivs[CHUNK * BLK];
+    unsigned char hs[CHUNK * BLK];
     for (Py_ssize_t c0 = 0; c0 < n; c0 += CHUNK) {
         Py_ssize_t m = n - c0 < CHUNK ? n - c0 : CHUNK;
-        /* pass 1 (serial through the chain): the new tags */
+        int outl = 0;
+        /* pass 1 (serial through the chain): the tweaks.  The chain moves to the
+         * plaintext-side tag T, known before AES_Kb runs, so h_i does not wait for T'_{i-1}
+         * and the chunk's LRW block calls collapse into one (ivs holds T ^ h meanwhile). */
         for (i = 0; i < m; i++) {
             unsigned char *t = base + (c0 + i) * self->cell_size + self->offset;
-            unsigned char h[BLK], x[BLK];
             unsigned char tag[BLK];
             memcpy(tag, originate ? self->expect : t, BLK);
-            if (gmac_tag(self, t, clen, h) != 0) goto fail;
-            xor16(x, tag, h);
-            /* the plaintext-side tag becomes the chain value */
+            if (gmac_tag(self, t, clen, hs + i * BLK) != 0) goto fail;
+            xor16(ivs + i * BLK, tag, hs + i * BLK);
             memcpy(self->chain, tag, BLK);
-            if (ecb1(self->ecb_enc, x, t) != 0) goto fail;
-            xor16(t, t, h);
-            memcpy(ivs + i * BLK, t, BLK);
             /* only an originator needs N cell by cell; otherwise once, at the end */
             if (originate && update_expect(self) != 0) goto fail;
+        }
+        /* T'_i = AES_Kb(T_i ^ h_i) ^ h_i for the whole chunk, in place in ivs */
+        if (EVP_EncryptUpdate(self->ecb_enc, ivs, &outl, ivs, (int)(m * BLK)) != 1 || outl != (int)(m * BLK))
+            goto fail;
+        for (i = 0; i < m; i++) {
+            xor16(ivs + i * BLK, ivs + i * BLK, hs + i * BLK);
+            memcpy(base + (c0 + i) * self->cell_size + self->offset, ivs + i * BLK, BLK);
         }
         /* pass 2: the bulk, CTR under each new tag, keystream in one call */
         if (keystream(self, ivs, m) != 0) goto fail;
