@@ -9,7 +9,10 @@
  * the tag block cipher, the recognition value and the CTR keystream (over counter blocks,
  * one call per CHUNK-cell chunk, counters built with 64-bit stores), and GHASH is
  * libcrypto's GCM128 (CLMUL) used as GMAC with EVP ECB as its block function (E(J0) of the
- * fixed IV cached, so the per-cell reset costs no AES call).
+ * fixed IV cached, so the per-cell reset costs no AES call).  Adding a layer also batches
+ * a chunk's LRW blocks into one ECB call (its chain value is the plaintext-side tag, so
+ * the tweaks do not wait for AES_Kb); peeling cannot (S := AES^-1_Kb output).  Measured
+ * breakdown and the rejected stitched-GCM variant: docs/onion.md §2.4.
  *
  * Construction (docs/onion.md §2, after Tor proposal 359 "Counter Galois Onion"): the
  * relay payload of each cell is T (16-byte tag) || C (the rest).  With per-layer keys
