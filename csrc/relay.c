@@ -327,6 +327,8 @@ static PyObject *RelayLayer_encrypt(RelayLayer *self, PyObject *args, PyObject *
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 fail:
+    /* half-processed cells (and the chain values parked in tag fields) never leave */
+    OPENSSL_cleanse(view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     PyErr_SetString(PyExc_RuntimeError, "libcrypto failure in relay layer");
     return NULL;
@@ -378,6 +380,7 @@ static PyObject *RelayLayer_decrypt(RelayLayer *self, PyObject *obj) {
     PyBuffer_Release(&view);
     return flags;
 fail:
+    OPENSSL_cleanse(view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     Py_DECREF(flags);
     PyErr_SetString(PyExc_RuntimeError, "libcrypto failure in relay layer");
