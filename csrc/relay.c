@@ -30,7 +30,9 @@
  *
  * Bounds: the buffer must be writable, C-contiguous, a multiple of cell_size; the layer
  * covers bytes [offset, cell_size) of each cell, 17 to 65536 bytes (the keystream scratch
- * is CHUNK cells of that, allocated once per layer).  The GIL is held: a
+ * is CHUNK cells of that, allocated once per layer).  A libcrypto failure zeroes the whole
+ * buffer and raises RuntimeError (no half-processed cell or parked chain value survives).
+ * The GIL is held: a
  * layer object carries mutable chain state and must not be used from two threads.
  */
 #define PY_SSIZE_T_CLEAN
