@@ -30,7 +30,7 @@ def test_directions_and_hops_get_distinct_keys():
 
 
 @pytest.mark.skipif(not R.HAVE_KERNEL, reason="C kernel not built (pure build)")
-@pytest.mark.parametrize("n", [1, 3, 64, 65, 130])
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 64, 65, 130])
 def test_kernel_matches_fallback(n, rng):
     secret = rng(32)
     for direction in (R.FORWARD, R.BACKWARD):
@@ -233,3 +233,44 @@ def test_construction_equations(rng, pure):
         assert bytes(cell[HEADER_SIZE + 16 :]) == xor(c, ks)
         assert cell[:HEADER_SIZE] == plain[:HEADER_SIZE]  # the link header is not touched
         s = n  # the chain moves to the plaintext-side tag
+
+
+@pytest.mark.parametrize("pure", [False, True])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        bytes(8) + b"\xff" * 7 + b"\xf0",  # the counter carries into the high 64 bits mid-cell
+        b"\xff" * 16,  # the 128-bit counter wraps to zero after the first block
+        b"\x12" * 8 + b"\xff" * 8,
+        bytes(15) + b"\xc1",  # the low byte reaches 0xff at the last block, no carry
+        bytes(15) + b"\xc2",  # the low byte carries at the last block
+    ],
+)
+def test_peel_ctr_counter_carries(tag, pure, rng):
+    """The CTR iv of a peel is the incoming tag, so a hostile sender chooses it: counter
+    blocks must carry like 128-bit big-endian CTR (cryptography's), checked against the
+    §2.2 peel equations computed here from the definition."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if not pure and not R.HAVE_KERNEL:
+        pytest.skip("C kernel not built (pure build)")
+    secret = rng(32)
+    k = R.derive_layer_keys(secret, R.FORWARD)
+    cells = bytearray(rng(2 * CELL_SIZE))
+    for i in range(2):
+        cells[i * CELL_SIZE + HEADER_SIZE : i * CELL_SIZE + HEADER_SIZE + 16] = tag
+    expect, s = bytearray(cells), k.chain
+    for i in range(2):
+        t0, c0 = i * CELL_SIZE + HEADER_SIZE, i * CELL_SIZE + HEADER_SIZE + 16
+        c2 = bytes(expect[c0 : (i + 1) * CELL_SIZE])
+        c = Cipher(algorithms.AES(k.ctr_key), modes.CTR(tag)).encryptor().update(c2)
+        h = AESGCM(k.hash_key).encrypt(bytes(12), b"", s + c)
+        x = Cipher(algorithms.AES(k.block_key), modes.ECB()).decryptor().update(
+            bytes(a ^ b for a, b in zip(tag, h))
+        )
+        t = bytes(a ^ b for a, b in zip(x, h))
+        expect[t0:c0], expect[c0 : (i + 1) * CELL_SIZE] = t, c
+        s = t
+    assert layer(secret, R.FORWARD, pure).decrypt(cells) == b"\x00\x00"
+    assert cells == expect
