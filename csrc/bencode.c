@@ -379,8 +379,21 @@ bencode_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(vals[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+    PyObject *copy = NULL;
+    if (PyObject_GetBuffer(vals[0], &view, PyBUF_SIMPLE) < 0) {
+        /* A non-contiguous view has no simple buffer; the pure decoder copies it
+         * (memoryview.tobytes), so do the same rather than refuse it. */
+        if (!PyMemoryView_Check(vals[0]) || !PyErr_ExceptionMatches(PyExc_BufferError))
+            return NULL;
+        PyErr_Clear();
+        copy = PyBytes_FromObject(vals[0]);
+        if (copy == NULL)
+            return NULL;
+        if (PyObject_GetBuffer(copy, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(copy);
+            return NULL;
+        }
+    }
     PyObject *result = NULL;
     if (view.len > max_size) {
         raise_at(E_TOO_BIG, max_size);
@@ -399,6 +412,7 @@ bencode_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
 done:
     PyBuffer_Release(&view);
+    Py_XDECREF(copy);
     return result;
 }
 

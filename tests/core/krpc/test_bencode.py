@@ -72,6 +72,8 @@ def test_known_answers(codec, data, value):
     assert enc(value) == data
     assert dec(bytearray(data)) == value
     assert dec(memoryview(b"xx" + data)[2:]) == value
+    spread = bytes(b for c in data for b in (c, 0))
+    assert dec(memoryview(spread)[::2]) == value  # non-contiguous view
 
 
 # (input, offset, reason): the first violation in reading order.
