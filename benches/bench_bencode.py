@@ -64,3 +64,31 @@ def test_ratio(capsys):
               f"bencode2 {_STATS['bencode2'] * 1e9:.0f} ns, ratio {ratio:.2f}x "
               f"(kernel={'C' if qbc.KERNEL else 'pure'})")
     assert ratio > 0
+
+
+# ---- typed KRPC parse on top of the codec (informative: the cost of restricted parsing) ----
+
+def test_krpc_parse_message(benchmark):
+    from qudag_core.krpc.messages import Response, parse_message
+
+    benchmark.group = "find_node response: typed parse vs bare decode"
+    out = benchmark.pedantic(parse_message, args=(WIRE,), rounds=100, iterations=100, warmup_rounds=3)
+    assert isinstance(out, Response) and len(out.nodes) == 8
+    _STATS["parse_message"] = benchmark.stats.stats.median
+
+
+def test_bare_bencode2_decode(benchmark):
+    benchmark.group = "find_node response: typed parse vs bare decode"
+    out = benchmark.pedantic(bencode2.bdecode, args=(WIRE,), rounds=100, iterations=100, warmup_rounds=3)
+    assert out == MSG
+    _STATS["bdecode"] = benchmark.stats.stats.median
+
+
+def test_parse_ratio(capsys):
+    if not {"parse_message", "bdecode"} <= set(_STATS):
+        pytest.skip("run the whole file to get the ratio")
+    with capsys.disabled():
+        print(f"\nfind_node response: parse_message {_STATS['parse_message'] * 1e9:.0f} ns vs bare "
+              f"bencode2.bdecode {_STATS['bdecode'] * 1e9:.0f} ns "
+              f"({_STATS['parse_message'] / _STATS['bdecode']:.1f}x: validation + typed objects)")
+    assert _STATS["parse_message"] > 0

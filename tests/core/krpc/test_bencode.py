@@ -332,3 +332,61 @@ def test_kernel_matches_reference(data):
     from qudag_core import _bencode
 
     assert _outcome(_bencode.decode, data) == _outcome(bc.py_decode, data)
+
+
+encodable_or_not = st.recursive(
+    st.one_of(st.integers(min_value=-(10**300), max_value=10**300), st.binary(max_size=8),
+              st.binary(max_size=8).map(bytearray), st.text(max_size=3), st.booleans(), st.none(),
+              st.floats(allow_nan=False)),
+    lambda c: st.lists(c, max_size=4) | st.lists(c, max_size=3).map(tuple)
+    | st.dictionaries(st.binary(max_size=4) | st.text(max_size=2) | st.integers(0, 3), c, max_size=4),
+    max_leaves=12,
+)
+
+
+def _enc_outcome(fn, v):
+    try:
+        return ("ok", fn(v))
+    except BencodeEncodeError:
+        return ("err",)
+
+
+@pytest.mark.skipif(not bc.KERNEL, reason="C kernel not built (pure build)")
+@settings(max_examples=n_examples(800), **PROPS)
+@given(encodable_or_not)
+def test_kernel_encoder_matches_reference(v):
+    from qudag_core import _bencode
+
+    assert _enc_outcome(_bencode.encode, v) == _enc_outcome(bc.py_encode, v)
+
+
+@pytest.mark.skipif(not bc.KERNEL, reason="C kernel not built (pure build)")
+def test_kernel_does_not_leak():
+    """Allocated blocks stay flat over many decodes/encodes, failing ones included."""
+    import gc
+    import sys
+
+    from qudag_core import _bencode
+
+    inputs = [d for d, _ in VALID] + [d for d, _, _ in INVALID] + [b"l" * 100, b"d1:ai" + b"9" * 300 + b"ee"]
+    values = [v for _, v in VALID] + [["x", 1], {b"a": [1.5]}, 10**400, {b"b": 1, b"a": 2}]
+
+    def work():
+        for _ in range(200):
+            for d in inputs:
+                try:
+                    _bencode.decode(d)
+                except BencodeError:
+                    pass
+            for v in values:
+                try:
+                    _bencode.encode(v)
+                except BencodeEncodeError:
+                    pass
+
+    work()
+    gc.collect()
+    before = sys.getallocatedblocks()
+    work()
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 200

@@ -209,6 +209,29 @@ def test_bep44_immutable_vector(vector_count):
     vector_count("BEP 44 test vectors", 1)
 
 
+def test_bep44_get_response_item_checks(vector_count):
+    # BEP 44 "Signature Verification": the requester checks key -> target and signature.
+    salt, _, target, sig = BEP44_VECTORS[1]
+    target, sig = bytes.fromhex(target), bytes.fromhex(sig)
+    r = m.Response(transaction_id=b"aa", node_id=b"n" * 20, token=b"tk", value=BEP44_VALUE, key=BEP44_PK, seq=1,
+                   signature=sig)
+    roundtrip(r.encode()).verify_item(target, salt)
+    with pytest.raises(KrpcError) as ei:
+        r.verify_item(target, b"")  # wrong salt: key no longer hashes to the target
+    assert ei.value.error_code == 203
+    with pytest.raises(KrpcError) as ei:
+        m.Response(transaction_id=b"aa", node_id=b"n" * 20, value=BEP44_VALUE, key=BEP44_PK, seq=2,
+                   signature=sig).verify_item(target, salt)
+    assert ei.value.error_code == 206
+    imm = m.Response(transaction_id=b"aa", node_id=b"n" * 20, value=BEP44_VALUE)
+    imm.verify_item(bytes.fromhex("e5f96f6f38320f0f33959cb4d3d656452117aadb"))
+    with pytest.raises(KrpcError):
+        imm.verify_item(target)
+    with pytest.raises(KrpcError):
+        m.Response(transaction_id=b"aa", node_id=b"n" * 20).verify_item(target)
+    vector_count("BEP 44 test vectors", 1)
+
+
 def test_bep44_sign_roundtrip_and_limits(rng):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -285,6 +308,11 @@ def test_qd_put_get_roundtrip_and_verify(mldsa_key):
         get.encode_datagram()
     resp = m.Response(transaction_id=b"q2", node_id=b"r" * 20, token=b"tk", record=rec)
     assert roundtrip(resp.encode()) == resp
+    resp.verify_record(target, b"svc")
+    with pytest.raises(KrpcError):
+        resp.verify_record(target, b"")
+    with pytest.raises(KrpcError):
+        m.Response(transaction_id=b"q2", node_id=b"r" * 20).verify_record(target)
     with pytest.raises(DatagramTooLarge):
         resp.encode_datagram()
 
