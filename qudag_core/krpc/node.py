@@ -92,12 +92,15 @@ class NodeConfig:
     """Keep nodes whose id does not match their public IP (BEP 42) out of the table."""
     max_outgoing: int = 65536
     """Datagrams queued for sending at most (oldest dropped)."""
+    maintenance_interval: float = 5.0
+    """How often bucket refreshes, republishing and expiry are checked.  A fixed tick
+    keeps ``get_timer`` O(1) instead of scanning the store on every datagram."""
 
 
 def _compact_ip(host: str) -> Optional[bytes]:
     try:
-        return ipaddress.ip_address(host).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, ValueError, TypeError):
         return None
 
 
@@ -186,6 +189,7 @@ class KrpcNode:
         self._bootstrap_addrs = [a for a in (_norm_addr(b) for b in bootstrap) if a is not None]
         self._bootstrap_ops: set = set()
         self._bootstrapping = False
+        self._maintenance_at = now + self.config.maintenance_interval
         self._now = now  # time of the latest call into the core (bootstrap lookups start then)
         self.stats = {"received": 0, "dropped": 0, "errors_sent": 0, "queries_answered": 0,
                       "sent": 0, "timeouts": 0}
@@ -230,11 +234,9 @@ class KrpcNode:
         heap = self._heap
         while heap and heap[0][1] not in self._pending:
             heapq.heappop(heap)
-        if heap:
+        t = self._maintenance_at
+        if heap and heap[0][0] < t:
             t = heap[0][0]
-        for cand in (self.table.next_refresh_time(), self.store.next_deadline()):
-            if cand is not None and (t is None or cand < t):
-                t = cand
         return t
 
     def handle_timer(self, now: float) -> None:
@@ -246,6 +248,11 @@ class KrpcNode:
             if p is not None:
                 self.stats["timeouts"] += 1
                 self._on_failure(p, now, timeout=True)
+        if now >= self._maintenance_at:
+            self._maintenance_at = now + self.config.maintenance_interval
+            self._maintain(now)
+
+    def _maintain(self, now: float) -> None:
         for target in self.table.due_refreshes(now, self._rng):
             op = self._new_op(_K_FIND, target)
             op.internal = True
@@ -254,7 +261,8 @@ class KrpcNode:
         for rec in self.store.due_republish(now, limit=16):
             self.store.mark_republished(rec.target, now)
             self._republish(rec, now)
-        if len(self._peers) and now >= 0:
+        self.ratelimit.prune(now)
+        if self._peers:
             self._expire_peers(now)
 
     # ---- application operations ----------------------------------------------------
@@ -391,9 +399,7 @@ class KrpcNode:
         self._note_querier(msg.node_id, addr, now)
         self.stats["queries_answered"] += 1
         try:
-            if datagram:
-                return resp.encode_datagram()
-            return resp.encode()
+            return _encode(resp, datagram)
         except LocalProtocolError:
             # Over budget (large BEP 44 item + nodes): retry without the node list.
             try:
@@ -401,7 +407,7 @@ class KrpcNode:
                                   ip=resp.ip, node_id=resp.node_id, token=resp.token, value=resp.value,
                                   key=resp.key, seq=resp.seq, signature=resp.signature,
                                   values=resp.values, record=resp.record)
-                return slim.encode_datagram() if datagram else slim.encode()
+                return _encode(slim, datagram)
             except LocalProtocolError:
                 self.stats["dropped"] += 1
                 return None
@@ -655,7 +661,7 @@ class KrpcNode:
         tid = self._new_tid()
         q = _with_tid(q, tid, self.config.client_version)
         try:
-            data = q.encode_datagram()
+            data = _encode(q, True)
         except LocalProtocolError:
             p = _Pending(tid, op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=False)
@@ -807,6 +813,21 @@ class KrpcNode:
             op.internal = True
             op.on_done = done
             self._start_lookup(op, now)
+
+
+def _encode(msg: M.Message, datagram: bool) -> bytes:
+    """Bencode a message we built from checked parts (ids from the table, values the
+    store or the caller validated), skipping ``Message.encode``'s re-parse, which
+    doubled the cost of every reply; the UDP budget is still enforced."""
+    if datagram and msg.channel_only():
+        raise LocalProtocolError("channel-only message")
+    try:
+        data = M.bencode.encode(msg._to_dict())
+    except (KrpcError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    if datagram and len(data) > M.DATAGRAM_BUDGET:
+        raise LocalProtocolError("over the datagram budget")
+    return data
 
 
 class _Item:
