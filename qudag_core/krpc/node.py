@@ -117,6 +117,8 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
         return None
     if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
         return None
+    if _compact_ip(host) is None:  # hosts are IP literals (tokens and the table need one)
+        return None
     return (host, port)
 
 
@@ -385,6 +387,8 @@ class KrpcNode:
         if isinstance(msg, M.UnknownQuery):
             return self._error(msg.transaction_id, KrpcErrorCode.METHOD_UNKNOWN, "method unknown")
         assert isinstance(msg, M.Query)
+        key = "q:" + msg.METHOD.decode()
+        self.stats[key] = self.stats.get(key, 0) + 1  # a fixed, small set of keys
         if msg.node_id == self.node_id:
             self.stats["dropped"] += 1
             return None
