@@ -104,10 +104,13 @@ def main():
             a = pump(t, lambda a: isinstance(a, lt.dht_put_alert) and str(a.target) == tgt)
             out.update(target=tgt, num_success=None if a is None else a.num_success)
         elif cmd == "get_immutable":
+            t0 = time.perf_counter()
             s.dht_get_immutable_item(lt.sha1_hash(bytes.fromhex(req["target"])))
             a = pump(t, lambda a: isinstance(a, lt.dht_immutable_item_alert) and str(a.target) == req["target"])
             item = None if a is None else unwrap(a.item)
-            out.update(value=None if item is None or (isinstance(item, dict) and not item) else lt.bencode(item).hex())
+            elapsed = time.perf_counter() - t0
+            out.update(value=None if item is None or (isinstance(item, dict) and not item) else lt.bencode(item).hex(),
+                       elapsed=elapsed)
         elif cmd == "put_mutable":
             pub = bytes.fromhex(req["public"])
             s.dht_put_mutable_item(bytes.fromhex(req["secret"]), pub, bytes.fromhex(req["value"]),
