@@ -17,14 +17,20 @@ Public API::
 
 KRPC over a qudag link: ``await dht.serve_link(connection, peer_addr)`` answers KRPC
 queries (including ``qd_get``/``qd_put``) arriving on an authenticated
-``qudag_io.link.Connection``, one KRPC message per link message.
+``qudag_io.link.Connection``, one KRPC message per link message, through the same
+handler as UDP (``KrpcNode.receive_link_message``, no 1,400-byte budget there);
+``await dht.qd_put(conn, record)`` / ``await dht.qd_get(conn, target, rt)`` are the
+client side.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from typing import Any, Iterable, Optional
 
+from qudag_core.krpc import messages as M
+from qudag_core.krpc.errors import KrpcError
 from qudag_core.krpc.node import KrpcNode, NodeConfig
 from qudag_core.krpc.node_events import (BootstrapDone, FindNodeResult, GetPeersResult, GetResult,
                                          OperationDone, PingResult, PutResult)
@@ -148,6 +154,56 @@ class DhtNode:
                     await conn.send(reply)
         except ConnectionClosed:
             return
+
+    async def qd_put(self, conn: Any, record: M.QdRecord, *, salt: bytes = b"", timeout: float = 10.0) -> None:
+        """Store an ML-DSA-signed qudag record on the node at the other end of ``conn``
+        (a ``qudag_io.link.Connection``): ``qd_get`` for a write token, then ``qd_put``."""
+        target = record.target(salt)
+        r = await self._link_call(conn, M.QdGet(transaction_id=b"-", node_id=self.node_id, target=target,
+                                                record_type=record.record_type), timeout)
+        if r.token is None:
+            raise DhtError("no write token in the qd_get reply")
+        await self._link_call(conn, M.QdPut(transaction_id=b"-", node_id=self.node_id, token=r.token,
+                                            record=record, salt=salt), timeout)
+
+    async def qd_get(self, conn: Any, target: bytes, record_type: int, *, salt: bytes = b"",
+                     timeout: float = 10.0) -> Optional[M.QdRecord]:
+        """Fetch a qudag record over ``conn``; returned only if its ML-DSA signature
+        verifies and it matches ``target`` (the key and salt it was asked under)."""
+        r = await self._link_call(conn, M.QdGet(transaction_id=b"-", node_id=self.node_id, target=target,
+                                                record_type=record_type), timeout)
+        rec = r.record
+        if rec is None:
+            return None
+        if rec.target(salt) != target or rec.record_type != record_type:
+            raise DhtError("qd record does not match the target asked for")
+        try:
+            rec.verify(salt)
+        except KrpcError as exc:
+            raise DhtError(str(exc)) from None
+        return rec
+
+    async def _link_call(self, conn: Any, query: M.Query, timeout: float) -> M.Response:
+        """One KRPC query per link message; the reply is matched by transaction id."""
+        tid = os.urandom(4)
+        q = dataclasses.replace(query, transaction_id=tid, client_version=self.core.config.client_version)
+        await conn.send(q.encode())
+
+        async def reply() -> M.Response:
+            for _ in range(64):  # bounded: unrelated messages on the link are skipped
+                try:
+                    msg = M.parse_message(await conn.recv())
+                except KrpcError:
+                    continue
+                if msg.transaction_id != tid:
+                    continue
+                if isinstance(msg, M.Error):
+                    raise DhtError(f"remote error {msg.code}: {msg.message.decode('utf-8', 'replace')}")
+                if isinstance(msg, M.Response):
+                    return msg
+            raise DhtError("no reply on the link")
+
+        return await asyncio.wait_for(reply(), timeout)
 
     async def close(self) -> None:
         if self._timer is not None:
