@@ -92,6 +92,8 @@ class NodeConfig:
     """Keep nodes whose id does not match their public IP (BEP 42) out of the table."""
     max_outgoing: int = 65536
     """Datagrams queued for sending at most (oldest dropped)."""
+    repin_interval: float = 300.0
+    """A querier not in the table is pinged at most once per this many seconds."""
     maintenance_interval: float = 5.0
     """How often bucket refreshes, republishing and expiry are checked.  A fixed tick
     keeps ``get_timer`` O(1) instead of scanning the store on every datagram."""
@@ -224,6 +226,7 @@ class KrpcNode:
         self._out: list = []
         self._events: list = []
         self._new_pings: set = set()  # addrs of not-yet-known queriers being pinged
+        self._pinged: OrderedDict = OrderedDict()  # addr -> when we last pinged it as a newcomer (bounded)
         self._bootstrap_addrs = [a for a in (_norm_addr(b) for b in bootstrap) if a is not None]
         self._bootstrap_ops: set = set()
         self._bootstrapping = False
@@ -587,10 +590,19 @@ class KrpcNode:
             if n.addr == addr:
                 self.table.add_or_update(node_id, addr, now, queried_us=True)
             return
-        # Unknown querier: ping it; only its answer puts it in the table.
+        # Unknown querier: ping it; only its answer puts it in the table.  Each address
+        # at most once per ``repin_interval`` (a full bucket would otherwise make us ping
+        # every querier that does not fit, on every query).
         if (addr in self._new_pings or len(self._new_pings) >= self.config.max_new_node_pings
                 or not self._id_ok(node_id, addr[0])):
             return
+        last = self._pinged.get(addr)
+        if last is not None and now - last < self.config.repin_interval:
+            return
+        if len(self._pinged) >= 4096:
+            self._pinged.popitem(last=False)
+        self._pinged[addr] = now
+        self._pinged.move_to_end(addr)
         self._new_pings.add(addr)
         op = self._new_op(_K_INTERNAL_PING)
         op.internal = True
