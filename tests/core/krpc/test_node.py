@@ -368,3 +368,41 @@ def test_republish_after_12h_and_expiry_after_24h():
     net.now += 13 * 3600
     net.run(3.0)
     assert all(net.nodes[x].store.get(tgt, net.now) is not None for x in holders)
+
+
+def test_bep42_public_querier_with_wrong_id_is_answered_but_not_pinged():
+    from qudag_core.krpc import bep42
+
+    n = fresh()
+    src = ("8.8.8.8", 6881)
+    n.receive_datagram(M.Ping(transaction_id=b"a", node_id=b"\x00" * 20).encode(), src, 0.0)
+    msgs = [M.parse_message(d) for d, _ in n.datagrams_to_send(0.0)]
+    assert [type(m) for m in msgs] == [M.Response]  # answered, not pinged: id breaks BEP 42
+    good = bep42.generate_node_id("8.8.8.8", Rng(b"42"))
+    assert bep42.is_valid_node_id(good, "8.8.8.8")
+    n.receive_datagram(M.Ping(transaction_id=b"b", node_id=good).encode(), src, 0.0)
+    msgs = [M.parse_message(d) for d, _ in n.datagrams_to_send(0.0)]
+    assert any(isinstance(m, M.Ping) for m in msgs)
+
+
+def test_bucket_refresh_runs_lookups_after_15_minutes():
+    n = fresh()
+    rng = Rng(b"r")
+    for i in range(5):
+        n.table.add_or_update(rng(20), (f"10.{i}.0.1", 6881), 0.0, responded=True)
+    n.handle_timer(1.0)
+    assert not [d for d, _ in n.datagrams_to_send(1.0)]
+    n.handle_timer(16 * 60.0)
+    sent = [M.parse_message(d) for d, _ in n.datagrams_to_send(16 * 60.0)]
+    assert sent and all(isinstance(m, M.FindNode) for m in sent)
+
+
+def test_newcomer_pinged_once_per_interval():
+    n = fresh()
+    src = ("127.0.0.9", 4000)
+    pings = 0
+    for i in range(5):
+        n.receive_datagram(M.Ping(transaction_id=b"x%d" % i, node_id=OTHER).encode(), src, float(i * 3))
+        n.handle_timer(float(i * 3))
+        pings += sum(isinstance(M.parse_message(d), M.Ping) for d, _ in n.datagrams_to_send(float(i * 3)))
+    assert pings == 1
