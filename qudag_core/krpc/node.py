@@ -717,10 +717,16 @@ class KrpcNode:
             self._on_failure(p, now, timeout=True)
             return False
         tid = self._new_tid()
-        q = _with_tid(q, tid, self.config.client_version)
         try:
-            data = _encode(q, True)
-        except LocalProtocolError:
+            # The query templates are built (and field-checked by the caller's API) once
+            # per operation; per send only the transaction id and version change.
+            d = q._to_dict()
+            d[b"t"] = tid
+            d[b"v"] = self.config.client_version
+            data = M.bencode.encode(d)
+            if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
+                raise LocalProtocolError("query does not fit a datagram")
+        except (LocalProtocolError, KrpcError):
             p = _Pending(tid, op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=False)
             return False
@@ -873,21 +879,6 @@ class KrpcNode:
             self._start_lookup(op, now)
 
 
-def _encode(msg: M.Message, datagram: bool) -> bytes:
-    """Bencode a message we built from checked parts (ids from the table, values the
-    store or the caller validated), skipping ``Message.encode``'s re-parse, which
-    doubled the cost of every reply; the UDP budget is still enforced."""
-    if datagram and msg.channel_only():
-        raise LocalProtocolError("channel-only message")
-    try:
-        data = M.bencode.encode(msg._to_dict())
-    except (KrpcError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
-    if datagram and len(data) > M.DATAGRAM_BUDGET:
-        raise LocalProtocolError("over the datagram budget")
-    return data
-
-
 class _Item:
     __slots__ = ("value", "key", "seq", "sig")
 
@@ -896,12 +887,6 @@ class _Item:
         self.key = key
         self.seq = seq
         self.sig = sig
-
-
-def _with_tid(q: M.Query, tid: bytes, version: bytes) -> M.Query:
-    import dataclasses
-
-    return dataclasses.replace(q, transaction_id=tid, client_version=version)
 
 
 def _replace_token(put: M.Put, token: bytes) -> M.Put:
