@@ -124,8 +124,9 @@ class DhtNode:
         return await self._wait(self.core.announce(info_hash, port, self._loop.time(),
                                                    implied_port=implied_port or port == 0))
 
-    async def get(self, target: bytes, *, salt: bytes = b"", seq: Optional[int] = None) -> GetResult:
-        return await self._wait(self.core.get(target, self._loop.time(), salt=salt, seq=seq))
+    async def get(self, target: bytes, *, salt: bytes = b"", seq: Optional[int] = None,
+                  quorum: int = 1) -> GetResult:
+        return await self._wait(self.core.get(target, self._loop.time(), salt=salt, seq=seq, quorum=quorum))
 
     async def put(self, value: bytes) -> bytes:
         """BEP 44 immutable put of a *bencoded* value; returns the target."""

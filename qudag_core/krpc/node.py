@@ -163,7 +163,7 @@ class _Limiter(RateLimiter):
 class _Op:
     __slots__ = ("op_id", "kind", "target", "lookup", "phase", "pending", "stored", "failed",
                  "peers", "peer_set", "salt", "seq", "put", "port", "implied_port", "internal",
-                 "addr", "sent_at", "on_done")
+                 "addr", "sent_at", "on_done", "quorum")
 
     def __init__(self, op_id: int, kind: int, target: bytes = b"") -> None:
         self.op_id = op_id
@@ -185,6 +185,7 @@ class _Op:
         self.addr: Optional[tuple] = None
         self.sent_at = 0.0
         self.on_done: Optional[Callable] = None
+        self.quorum = 1
 
 
 class _Pending:
@@ -353,9 +354,15 @@ class KrpcNode:
         self._start_lookup(op, now)
         return op.op_id
 
-    def get(self, target: bytes, now: float, *, salt: bytes = b"", seq: Optional[int] = None) -> int:
-        """BEP 44 get: immutable (target = SHA-1(v)) or mutable (``salt`` needed to verify)."""
+    def get(self, target: bytes, now: float, *, salt: bytes = b"", seq: Optional[int] = None,
+            quorum: int = 1) -> int:
+        """BEP 44 get: immutable (target = SHA-1(v)) or mutable (``salt`` needed to verify).
+        ``quorum``: how many nodes must have returned the selected item; below that the
+        result has ``value`` None (and ``agreement`` says how many did)."""
+        if quorum < 1:
+            raise LocalProtocolError("quorum must be >= 1")
         op = self._new_op(_K_GET, self._check_id(target))
+        op.quorum = quorum
         op.salt = bytes(salt)
         op.seq = seq
         self._start_lookup(op, now)
@@ -827,6 +834,9 @@ class KrpcNode:
         if sel is None:
             return GetResult(target=target, value=None, responses=len(recs))
         it = sel.record
+        if sel.agreement < op.quorum:
+            return GetResult(target=target, value=None, agreement=sel.agreement, responses=sel.total,
+                             conflict=sel.conflict)
         return GetResult(target=target, value=it.value, key=it.key, seq=it.seq, signature=it.sig,
                          agreement=sel.agreement, responses=sel.total, conflict=sel.conflict)
 

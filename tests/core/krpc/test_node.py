@@ -317,6 +317,11 @@ def test_network_bootstrap_lookups_and_storage():
     net.run(2.0)
     r = net.done(b, op).result
     assert isinstance(r, GetResult) and r.value == bencode.encode(b"value") and r.agreement >= 3
+    # quorum reads: asking for more agreeing nodes than hold it gives no value
+    op = net.nodes[b].get(tgt, net.now, quorum=r.agreement + 1)
+    net.run(2.0)
+    r2 = net.done(b, op).result
+    assert r2.value is None and r2.agreement == r.agreement
     # mutable
     sk = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)
     pk = sk.public_key().public_bytes_raw()
