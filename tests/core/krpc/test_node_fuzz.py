@@ -75,6 +75,7 @@ def check_bounded(node: KrpcNode) -> None:
     c = node.config
     assert len(node._pending) <= c.max_pending
     assert len(node._new_pings) <= c.max_new_node_pings
+    assert len(node._pinged) <= 4096 and len(node._ops) <= c.max_pending + 16
     assert len(node._peers) <= c.max_infohashes
     assert all(len(p) <= c.max_peers_per_infohash for p in node._peers.values())
     assert len(node._heap) <= 4 * c.max_pending + 64 or not node._pending
