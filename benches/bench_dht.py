@@ -11,7 +11,9 @@
   logic of the requester.  Goal: ours <= 2x libtorrent's.
 * ``test_find_node_vs_kademlia``: find_node lookup latency in a 50-node network of ours
   vs a 50-node network of bmuller's ``kademlia`` (same k = 8, alpha = 3), both on
-  loopback in this process.  Goal: ours >= 10x faster.
+  loopback in this process.  Goal: ours >= 10x faster.  Both send about 8.3 queries per
+  lookup here (measured), so latency is mostly loopback round trips through one event
+  loop; the CPU time per lookup (both ends, whole process) is printed as well.
 
 Run: ``PYTHONPATH=. /work/devvenv/bin/python -m pytest benches/bench_dht.py -q -s``
 (ratios are printed and stored in ``extra_info``).
@@ -223,8 +225,11 @@ def test_find_node_vs_kademlia(benchmark):
             rnd = random.Random(5)
             kad_times = []
 
+            cpu = {}
+
             async def kad_lookups():
                 s = servers[7]
+                c0 = time.process_time()
                 for _ in range(N_LOOKUPS):
                     target = KNode(os.urandom(20))
                     t0 = time.perf_counter()
@@ -232,24 +237,29 @@ def test_find_node_vs_kademlia(benchmark):
                                                   K, 3).find()
                     kad_times.append(time.perf_counter() - t0)
                     assert found
+                cpu["kademlia"] = (time.process_time() - c0) / N_LOOKUPS
 
             r.run(kad_lookups())
             our_times = []
 
             async def our_lookups():
                 nd = nodes[7]
+                c0 = time.process_time()
                 for _ in range(N_LOOKUPS):
                     t0 = time.perf_counter()
                     res = await nd.find_node(os.urandom(20))
                     our_times.append(time.perf_counter() - t0)
                     assert res.nodes
+                cpu["ours"] = (time.process_time() - c0) / N_LOOKUPS
 
             benchmark.pedantic(lambda: r.run(our_lookups()), rounds=ROUNDS, iterations=1)
             ours, theirs = statistics.median(our_times), statistics.median(kad_times)
             speedup = theirs / ours
-            benchmark.extra_info.update(ours_median_s=ours, kademlia_median_s=theirs, speedup=speedup)
+            benchmark.extra_info.update(ours_median_s=ours, kademlia_median_s=theirs, speedup=speedup,
+                                        cpu_per_lookup=cpu)
             print(f"\nfind_node latency (median): ours {ours * 1e3:.2f} ms, kademlia {theirs * 1e3:.2f} ms, "
-                  f"ours {speedup:.1f}x faster (goal >= 10)")
+                  f"ours {speedup:.1f}x faster (goal >= 10); CPU per lookup (whole process, both ends): "
+                  f"ours {cpu['ours'] * 1e3:.2f} ms, kademlia {cpu['kademlia'] * 1e3:.2f} ms")
         finally:
             for s in servers:
                 s.stop()
