@@ -1,0 +1,65 @@
+"""qudag_io.dht on real loopback UDP sockets, under asyncio's default loop and uvloop:
+every async API call against a small network of our own nodes."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from qudag_core.krpc import bencode
+from qudag_core.krpc import messages as M
+from qudag_core.krpc.node import NodeConfig
+from qudag_io.dht import DhtError, DhtNode
+
+import pytest
+
+CFG = NodeConfig(query_timeout=0.5)
+
+
+async def small_network(n: int):
+    # distinct 127.x.y.1 addresses keep the routing table's IP-diversity limits satisfied
+    first = await DhtNode.start("127.0.1.1", 0, config=CFG)
+    nodes = [first]
+    for i in range(2, n + 1):
+        nodes.append(await DhtNode.start(f"127.0.{i}.1", 0, config=CFG, bootstrap=[first.address]))
+    for nd in nodes:
+        await nd.find_node(nd.node_id)
+    return nodes
+
+
+def test_api_roundtrip(run_loop):
+    async def main():
+        nodes = await small_network(6)
+        try:
+            a, b = nodes[1], nodes[4]
+            pr = await a.ping(b.address)
+            assert pr.node_id == b.node_id and pr.rtt >= 0
+            fr = await a.find_node(b.node_id)
+            assert fr.nodes[0] == (b.node_id, b.address)
+            v = bencode.encode(b"hello from " + run_loop.kind.encode())
+            target = await a.put(v)
+            assert target == M.immutable_target(v)
+            g = await b.get(target)
+            assert g.value == v and g.agreement >= 2
+            sk = Ed25519PrivateKey.from_private_bytes(os.urandom(32))
+            pk = sk.public_key().public_bytes_raw()
+            mv = bencode.encode({b"n": 1})
+            mt = await a.put_mutable(mv, key=pk, signature=M.sign_mutable(sk, mv, 1, b"salt"), seq=1, salt=b"salt")
+            g = await b.get(mt, salt=b"salt")
+            assert g.value == mv and g.seq == 1 and g.key == pk
+            ih = os.urandom(20)
+            ar = await a.announce(ih, 6881)
+            assert ar.stored >= 3
+            gp = await b.get_peers(ih)
+            assert ("127.0.2.1", 6881) in gp.peers
+            missing = await b.get(os.urandom(20))
+            assert missing.value is None
+            # a dead address: the ping times out with DhtError
+            with pytest.raises(DhtError):
+                await a.ping(("127.0.0.1", 9))
+        finally:
+            for nd in nodes:
+                await nd.close()
+
+    run_loop(main, 30)
