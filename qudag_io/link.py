@@ -53,7 +53,13 @@ class ConnectionClosed(Exception):
         self.by_peer = by_peer
 
 
-class _LinkProtocol(asyncio.Protocol):
+class LinkProtocol(asyncio.Protocol):
+    """Runs one ``Link`` core on an asyncio transport.
+
+    Public for adapters that bring their own byte pipe (a relayed circuit, a punched
+    socket): give it ``make_core(peer, now) -> Link``, hand it to the transport, and await
+    ``established``; then wrap it in ``Connection(protocol, established)``."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, make_core: Callable[[Any, float], Link]) -> None:
         self._loop = loop
         self._make_core = make_core
@@ -201,7 +207,7 @@ class _LinkProtocol(asyncio.Protocol):
 class Connection:
     """An established, authenticated link to one peer."""
 
-    def __init__(self, protocol: _LinkProtocol, established: Established) -> None:
+    def __init__(self, protocol: LinkProtocol, established: Established) -> None:
         self._p = protocol
         self.peer_node_id: NodeId = established.peer_node_id
         self.peer_certificate: NodeCertificate = established.peer_certificate
@@ -214,6 +220,16 @@ class Connection:
         """Queue one message; waits while the socket's write buffer is full."""
         self._p.send(data)
         await self._p.drain()
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue one message without waiting for the write buffer to drain.  For callers
+        that bound their own buffering (relays, forwarders); ``ConnectionClosed`` if ended."""
+        self._p.send(data)
+
+    def abort(self) -> None:
+        """Drop the transport at once, without an authenticated close."""
+        if self._p.transport is not None:
+            self._p.transport.abort()
 
     async def recv(self) -> bytes:
         """The next message, in order; ``ConnectionClosed`` once the link has ended."""
@@ -280,7 +296,7 @@ async def connect(
         )
 
     transport, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: _LinkProtocol(loop, make_core), host, port), timeout
+        loop.create_connection(lambda: LinkProtocol(loop, make_core), host, port), timeout
     )
     try:
         established = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
@@ -346,7 +362,7 @@ async def listen(
     def _update_load() -> None:
         state["ctx"].under_load = state["pending"] > cfg.cookie_threshold
 
-    async def run(protocol: _LinkProtocol) -> None:
+    async def run(protocol: LinkProtocol) -> None:
         state["pending"] += 1
         _update_load()
         try:
@@ -368,13 +384,13 @@ async def listen(
             if not conn.is_closed:
                 await conn.close()
 
-    def factory() -> _LinkProtocol:
+    def factory() -> LinkProtocol:
         ctx = state["ctx"]
 
         def make_core(peer: Any, now: float) -> Link:
             return Link.responder(context=ctx, peer_address=peer, config=cfg, now=now)
 
-        p = _LinkProtocol(loop, make_core)
+        p = LinkProtocol(loop, make_core)
         t = loop.create_task(run(p))
         tasks.add(t)
         t.add_done_callback(tasks.discard)

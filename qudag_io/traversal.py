@@ -8,7 +8,7 @@ docs/nat.md §Relays, §Hole punching, §Establish order).
 * ``RelayClientLink`` is a peer's authenticated link to a relay (bound to a fixed local
   port, so that the address the relay observes is this peer's TCP hole-punch candidate).
 * A relayed end-to-end link runs the unchanged ``Link`` core over a circuit: the
-  ``_CircuitTransport`` below plays the socket for ``qudag_io.link._LinkProtocol``, so the
+  ``_CircuitTransport`` below plays the socket for ``qudag_io.link.LinkProtocol``, so the
   two peers' post-quantum handshake and AEAD frames pass through the relay as opaque
   bytes.
 * ``establish`` tries, in QuDAG's order, a direct dial, then (the peer having mapped a
@@ -39,7 +39,7 @@ from qudag_core.nat.traversal_events import (
     CircuitClosed, CircuitConnected, CircuitData, ConnectRefused, DialNow, IncomingCircuit,
     PunchFailed, PunchSendMessage, ReservationRefused, Reserved,
 )
-from qudag_io.link import Connection, ConnectionClosed, _LinkProtocol
+from qudag_io.link import Connection, ConnectionClosed, LinkProtocol
 
 __all__ = ["RelayNode", "RelayClientLink", "RelayError", "establish", "accept_relayed", "open_udp_path",
            "connect_from_port", "EstablishResult"]
@@ -99,7 +99,7 @@ class RelayNode:
             if conn is None or conn.is_closed:
                 continue
             try:
-                conn._p.send(data)
+                conn.send_nowait(data)
             except ConnectionClosed:
                 pass
         self._arm()
@@ -136,7 +136,7 @@ def _reuse_socket(local_port: int, family: int = socket.AF_INET) -> socket.socke
 
 async def _link_over(transport_factory, make_core, timeout: float) -> Connection:
     loop = asyncio.get_running_loop()
-    protocol = _LinkProtocol(loop, make_core)
+    protocol = LinkProtocol(loop, make_core)
     transport = await transport_factory(protocol)
     try:
         established = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
@@ -179,9 +179,9 @@ async def connect_from_port(
 
 # --------------------------------------------------------------------------- relay client
 class _CircuitTransport(asyncio.Transport):
-    """The byte pipe of one relay circuit, shaped as a transport for ``_LinkProtocol``."""
+    """The byte pipe of one relay circuit, shaped as a transport for ``LinkProtocol``."""
 
-    def __init__(self, client: "RelayClientLink", circuit: int, protocol: _LinkProtocol, peer: Any) -> None:
+    def __init__(self, client: "RelayClientLink", circuit: int, protocol: LinkProtocol, peer: Any) -> None:
         super().__init__()
         self._client = client
         self._circuit = circuit
@@ -286,7 +286,7 @@ class RelayClientLink:
     def _flush(self) -> None:
         for data in self._core.messages_to_send():
             try:
-                self.conn._p.send(data)
+                self.conn.send_nowait(data)
             except ConnectionClosed:
                 return
 
@@ -342,7 +342,7 @@ class RelayClientLink:
     async def link_over_circuit(self, circuit: int, make_core, peer: Any, timeout: float = 10.0) -> Connection:
         """Run a ``Link`` core over an open circuit; returns the authenticated Connection."""
 
-        async def factory(protocol: _LinkProtocol):
+        async def factory(protocol: LinkProtocol):
             t = _CircuitTransport(self, circuit, protocol, peer)
             self._circuits[circuit] = t
             protocol.connection_made(t)
