@@ -432,17 +432,24 @@ class DescriptorStore:
     revision, and only then the ML-DSA signature -- so replays and most garbage cost no
     signature verification, and nothing unverified is ever stored."""
 
-    __slots__ = ("_by_index", "slots_per_index", "max_indices", "signature_checks")
+    __slots__ = ("_by_index", "slots_per_index", "max_indices", "signature_checks", "_swept_period")
 
     def __init__(self, slots_per_index: int = 8, max_indices: int = 65536) -> None:
+        if slots_per_index < 1 or max_indices < 1:
+            raise ValueError("store bounds must be positive")
         self._by_index: OrderedDict = OrderedDict()  # index -> OrderedDict[period_pk, OuterDescriptor]
         self.slots_per_index = slots_per_index
         self.max_indices = max_indices
         self.signature_checks = 0
+        self._swept_period = -1
 
     def _expire(self, now: float) -> None:
-        floor = period_of(now) - 1
-        for idx in [i for i, slots in self._by_index.items() if next(iter(slots.values())).period < floor]:
+        # Entries only age out at period boundaries: sweep once per period, not per put.
+        cur = period_of(now)
+        if cur == self._swept_period:
+            return
+        self._swept_period = cur
+        for idx in [i for i, slots in self._by_index.items() if next(iter(slots.values())).period < cur - 1]:
             del self._by_index[idx]
 
     def put(self, data: bytes, now: float) -> PutStatus:
@@ -459,8 +466,8 @@ class DescriptorStore:
             return PutStatus.ROLLBACK
         if held is None and slots is not None and len(slots) >= self.slots_per_index:
             return PutStatus.FULL
+        self._expire(now)
         if slots is None:
-            self._expire(now)
             if len(self._by_index) >= self.max_indices:
                 return PutStatus.STORE_FULL
         self.signature_checks += 1
@@ -478,7 +485,9 @@ class DescriptorStore:
         if now is not None:
             self._expire(now)
         slots = self._by_index.get(bytes(index))
-        return [] if slots is None else [d.to_bytes() for d in slots.values()]
+        if slots is None or (now is not None and next(iter(slots.values())).period < period_of(now) - 1):
+            return []
+        return [d.to_bytes() for d in slots.values()]
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_index.values())

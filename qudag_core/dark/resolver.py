@@ -208,6 +208,8 @@ class Resolver:
         lookup.fetched_ok = True
         best = None
         for data in list(descriptors)[:MAX_DESCRIPTORS_PER_ANSWER]:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                continue  # the adapter passes DHT values through; anything else is dropped
             try:
                 cand = self._check(lookup.address, bytes(data), index, period, now)
             except ResolveError as err:
@@ -233,21 +235,21 @@ class Resolver:
                 return qid
 
     def _start(self, lookup: _Lookup) -> list:
-        out = self._fetch(lookup)
-        # Dummies: random indices, same shape, shuffled among the real fetch.
-        for _ in range(self.dummies):
-            qid = self._qid()
-            self._queries[qid] = None
-            dummy = FetchDescriptors(index=self.rng(INDEX_LEN), query_id=qid, via_circuit=self.via_circuit)
-            out.insert(int.from_bytes(self.rng(2), "big") % (len(out) + 1), dummy)
-        return out
+        return self._fetch(lookup)
 
     def _fetch(self, lookup: _Lookup) -> list:
         period = lookup.periods[lookup.pos]
         index = descriptor_index(lookup.address, period)
         qid = self._qid()
         self._queries[qid] = (lookup, index, period)
-        return [FetchDescriptors(index=index, query_id=qid, via_circuit=self.via_circuit)]
+        out = [FetchDescriptors(index=index, query_id=qid, via_circuit=self.via_circuit)]
+        # Dummies with every real fetch: random indices, same shape, shuffled in.
+        for _ in range(self.dummies):
+            qid = self._qid()
+            self._queries[qid] = None
+            dummy = FetchDescriptors(index=self.rng(INDEX_LEN), query_id=qid, via_circuit=self.via_circuit)
+            out.insert(int.from_bytes(self.rng(2), "big") % (len(out) + 1), dummy)
+        return out
 
     def _next_period(self, lookup: _Lookup, now: float) -> list:
         lookup.pos += 1

@@ -308,3 +308,29 @@ class PublisherMachine(RuleBasedStateMachine):
 
 TestPublisherMachine = PublisherMachine.TestCase
 TestPublisherMachine.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
+
+
+# A pool built once: real revisions 1..4, forgeries by 10 keys, replays come for free.
+_REAL_POOL = [SVC.build(P, rev, NOW + 3600, Rng(bytes([rev]))) for rev in range(1, 5)]
+_FORGED_POOL = [forge(ADDR, P, 10**6 + i, bytes([i + 1]) * 32) for i in range(10)]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 9)), max_size=30), st.integers(1, 8))
+@settings(max_examples=60, deadline=None)
+def test_store_random_put_orders(ops, slots):
+    """Any order of real and forged puts: never more than ``slots`` per index, the real
+    slot (once stored) only ever moves to a higher real revision, and no forgery that
+    arrives after the real descriptor removes it."""
+    store = DescriptorStore(slots_per_index=slots)
+    idx = descriptor_index(ADDR, P)
+    real_rev = None
+    for is_real, i in ops:
+        data = _REAL_POOL[i % 4] if is_real else _FORGED_POOL[i]
+        status = store.put(data, NOW)
+        held = store.get(idx)
+        assert len(held) <= slots
+        if is_real and status.accepted:
+            real_rev = i % 4 + 1
+        if real_rev is not None:
+            mine = [d for d in held if d in _REAL_POOL]
+            assert len(mine) == 1 and OuterDescriptor.from_bytes(mine[0]).revision == real_rev

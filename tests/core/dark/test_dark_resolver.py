@@ -280,3 +280,20 @@ def test_resolver_random_event_orders(ops, dummies):
                 elif not e.from_cache:
                     finished += 1
     assert r.pending == 0 and finished == started
+
+
+def test_non_bytes_values_from_adapter_are_dropped():
+    r = Resolver(Rng())
+    out = r.resolve(ADDR, NOW)
+    res = r.on_fetch_result(out[0].query_id, [None, 10**9, "text", REAL], NOW)
+    assert isinstance(_one(res), Resolved)
+
+
+def test_dummies_accompany_every_real_fetch():
+    late = P * PERIOD_SECONDS + PERIOD_SECONDS - OVERLAP_SECONDS + 60
+    r = Resolver(Rng(b"dd"), dummies=2)
+    first = r.resolve(ADDR, late)
+    assert len(first) == 3
+    real = [e for e in first if e.index == descriptor_index(ADDR, P)][0]
+    second = r.on_fetch_result(real.query_id, [], late)
+    assert len(second) == 3 and sum(e.index == descriptor_index(ADDR, P + 1) for e in second) == 1
