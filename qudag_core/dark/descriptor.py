@@ -374,6 +374,9 @@ class DarkService:
         """The long-term address of a node ``Identity``: address identity == certificate identity."""
         return cls(identity.signing_key.seed, **kw)
 
+    def __repr__(self) -> str:  # never the seeds
+        return f"DarkService(address={self.address}, intro_relays={len(self.intro_relays)})"
+
     def period_key(self, period: int) -> MlDsa65PrivateKey:
         key = self._period_keys.get(period)
         if key is None:

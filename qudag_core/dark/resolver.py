@@ -5,7 +5,7 @@ Driving API (every call returns a list of ``events.Event``)::
     resolve(address, now)                        -> [FetchDescriptors ... | Resolved | ResolveFailed]
     on_fetch_result(query_id, [bytes...], now)   -> [...]
     on_fetch_failed(query_id, now)               -> [...]
-    get_timer() -> float | None;  handle_timer(now) -> [...]
+    get_timer() -> float | None;  handle_timer(now) -> [...]   (random start delay, fetch timeouts)
 
 For each lookup the resolver tries the blinded indices of ``lookup_periods(now)`` in
 order.  Every descriptor returned is checked cheapest first: parse, index and period
@@ -145,8 +145,9 @@ class Resolver:
         max_delay: float = 0.0,
         via_circuit: bool = False,
         max_seen: int = 4096,
+        fetch_timeout: float = 15.0,
     ) -> None:
-        if cache_size < 1 or cache_ttl <= 0 or negative_ttl < 0 or dummies < 0 or max_delay < 0:
+        if cache_size < 1 or cache_ttl <= 0 or negative_ttl < 0 or dummies < 0 or max_delay < 0 or fetch_timeout <= 0:
             raise ValueError("bad resolver parameters")
         self.rng = rng
         self.cache_size = cache_size
@@ -156,6 +157,8 @@ class Resolver:
         self.max_delay = max_delay
         self.via_circuit = via_circuit
         self.max_seen = max_seen
+        self.fetch_timeout = fetch_timeout
+        self._deadlines: dict = {}  # query_id -> time after which it counts as failed
         self._cache: OrderedDict = OrderedDict()  # address -> (valid_until, Event)
         self._seen: OrderedDict = OrderedDict()  # address raw -> highest revision
         self._verified: OrderedDict = OrderedDict()  # blake3(bytes)|address -> (outer, inner)
@@ -187,20 +190,26 @@ class Resolver:
         if delay > 0:
             self._delayed.append(lookup)
             return []
-        return self._start(lookup)
+        return self._fetch(lookup, now)
 
     def get_timer(self) -> Optional[float]:
-        return min((lk.fire_at for lk in self._delayed), default=None)
+        """The next delayed lookup start or fetch deadline."""
+        return min([lk.fire_at for lk in self._delayed] + list(self._deadlines.values()), default=None)
 
     def handle_timer(self, now: float) -> list:
+        """Start delayed lookups that are due; fetches unanswered after ``fetch_timeout``
+        count as failed (the lookup moves on to its next period, dummies are forgotten)."""
         out: list = []
         ready = [lk for lk in self._delayed if lk.fire_at <= now]
         self._delayed = [lk for lk in self._delayed if lk.fire_at > now]
         for lk in ready:
-            out += self._start(lk)
+            out += self._fetch(lk, now)
+        for qid in [q for q, t in self._deadlines.items() if t <= now]:
+            out += self.on_fetch_failed(qid, now)
         return out
 
     def on_fetch_result(self, query_id: int, descriptors: Sequence[bytes], now: float) -> list:
+        self._deadlines.pop(query_id, None)
         q = self._queries.pop(query_id, None)
         if q is None:
             return []  # a dummy, or an answer we no longer wait for
@@ -222,6 +231,7 @@ class Resolver:
         return self._next_period(lookup, now)
 
     def on_fetch_failed(self, query_id: int, now: float) -> list:
+        self._deadlines.pop(query_id, None)
         q = self._queries.pop(query_id, None)
         if q is None:
             return []
@@ -234,19 +244,18 @@ class Resolver:
             if qid not in self._queries:
                 return qid
 
-    def _start(self, lookup: _Lookup) -> list:
-        return self._fetch(lookup)
-
-    def _fetch(self, lookup: _Lookup) -> list:
+    def _fetch(self, lookup: _Lookup, now: float) -> list:
         period = lookup.periods[lookup.pos]
         index = descriptor_index(lookup.address, period)
         qid = self._qid()
         self._queries[qid] = (lookup, index, period)
+        self._deadlines[qid] = now + self.fetch_timeout
         out = [FetchDescriptors(index=index, query_id=qid, via_circuit=self.via_circuit)]
         # Dummies with every real fetch: random indices, same shape, shuffled in.
         for _ in range(self.dummies):
             qid = self._qid()
             self._queries[qid] = None
+            self._deadlines[qid] = now + self.fetch_timeout
             dummy = FetchDescriptors(index=self.rng(INDEX_LEN), query_id=qid, via_circuit=self.via_circuit)
             out.insert(int.from_bytes(self.rng(2), "big") % (len(out) + 1), dummy)
         return out
@@ -254,7 +263,7 @@ class Resolver:
     def _next_period(self, lookup: _Lookup, now: float) -> list:
         lookup.pos += 1
         if lookup.pos < len(lookup.periods):
-            return self._fetch(lookup)
+            return self._fetch(lookup, now)
         del self._lookups[lookup.address]
         err = lookup.error or NotFound(f"no descriptor for {lookup.address}")
         if not lookup.fetched_ok:

@@ -185,3 +185,33 @@ def test_alias_claim_tampering_rejected():
 def test_alias_claim_garbage_declared_error(blob):
     with pytest.raises((AliasClaimError, AddressError)):
         AliasClaim.from_bytes(blob)
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz234567-.09ABZ", min_size=0, max_size=70))
+@settings(max_examples=400, deadline=None)
+def test_near_valid_names_parse_or_declared_error(label):
+    """Labels drawn from the address/alias alphabet reach every branch of the parser."""
+    for text in (label + ".dark", label):
+        try:
+            out = parse_name(text)
+        except AddressError:
+            continue
+        assert parse_name(str(out)) == out
+        if isinstance(out, Alias):
+            lab = out.label
+            assert 3 <= len(lab) <= 63 and "--" not in lab and lab[0] != "-" and lab[-1] != "-"
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 56 - 1), st.sampled_from("abcdefghijklmnopqrstuvwxyz234567"))
+@settings(max_examples=300, deadline=None)
+def test_single_character_typo_detected(digest, pos, ch):
+    """A one-character change to an address is a checksum or version error, unless the
+    character is unchanged or (probability 2**-16) the typo is itself a valid address;
+    35 bytes are exactly 56 base32 characters, so no character is padding."""
+    text = str(DarkAddress(digest))
+    typo = text[:pos] + ch + text[pos + 1 :]
+    try:
+        out = parse_name(typo)
+    except (AddressChecksumError, AddressVersionError):
+        return
+    assert out == DarkAddress(digest) if typo == text else str(out) == typo

@@ -194,7 +194,7 @@ def test_random_delay_via_timer():
     assert r.resolve(ADDR, NOW) == []  # joins the pending lookup
     assert r.handle_timer(t - 0.001) == []
     out = r.handle_timer(t)
-    assert [e.index for e in out] == [descriptor_index(ADDR, P)] and r.get_timer() is None
+    assert [e.index for e in out] == [descriptor_index(ADDR, P)] and r.get_timer() == t + r.fetch_timeout
     assert isinstance(_one(drive(r, _store(REAL), out, t)[0]), Resolved)
 
 
@@ -271,7 +271,11 @@ def test_resolver_random_event_orders(ops, dummies):
         t = r.get_timer()
         if t is not None:
             now = max(now, t)
-            outstanding += r.handle_timer(now)
+            for e in r.handle_timer(now):
+                if isinstance(e, FetchDescriptors):
+                    outstanding.append(e)
+                elif not e.from_cache:
+                    finished += 1
         while outstanding:
             f = outstanding.pop()
             for e in r.on_fetch_result(f.query_id, store.get(f.index), now):
@@ -297,3 +301,15 @@ def test_dummies_accompany_every_real_fetch():
     real = [e for e in first if e.index == descriptor_index(ADDR, P)][0]
     second = r.on_fetch_result(real.query_id, [], late)
     assert len(second) == 3 and sum(e.index == descriptor_index(ADDR, P + 1) for e in second) == 1
+
+
+def test_unanswered_fetch_times_out_via_timer():
+    r = Resolver(Rng(), fetch_timeout=15.0, dummies=1)
+    out = r.resolve(UNKNOWN, NOW)
+    assert r.get_timer() == NOW + 15.0 and len(out) == 2
+    assert r.handle_timer(NOW + 14.9) == []
+    res = r.handle_timer(NOW + 15.0)  # the only period to try (mid-period) failed
+    assert [type(e) for e in res] == [ResolveFailed] and isinstance(res[0].error, NotFound)
+    assert r.pending == 0 and r.get_timer() is None
+    # Late answers are ignored.
+    assert r.on_fetch_result(out[0].query_id, [REAL], NOW + 16) == []
