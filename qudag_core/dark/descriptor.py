@@ -387,6 +387,8 @@ class DarkService:
         return key
 
     def build(self, period: int, revision: int, expires_at: int, rng: Callable[[int], bytes], *, tombstone: bool = False) -> bytes:
+        if not tombstone and self.certificate is None and not self.intro_relays:
+            raise LocalProtocolError("a service descriptor needs a certificate or intro relays")
         index = descriptor_index(self.address, period)
         pkey = self.period_key(period)
         ppk = pkey.public_key.raw

@@ -76,6 +76,12 @@ def test_intro_relays_instead_of_address():
     assert inner.certificates(NOW) == (None, [RELAY_CERT])
 
 
+def test_build_needs_an_endpoint():
+    with pytest.raises(LocalProtocolError):
+        DarkService(bytes([6]) * 32).build(P, 1, NOW + 60, Rng())
+    assert DarkService(bytes([6]) * 32).build(P, 1, NOW + 60, Rng(), tombstone=True)
+
+
 def test_forgeries_detected_by_client_checks():
     own = OuterDescriptor.from_bytes(forge(ADDR, P, 500, bytes([1]) * 32))
     with pytest.raises(DescriptorWrongIdentity):
