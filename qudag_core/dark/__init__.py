@@ -1,2 +1,61 @@
 """Dark addresses (self-certifying .dark names), descriptors and the private resolver.
 Sans-IO; see docs/dark.md."""
+from qudag_core.dark.address import (
+    AddressChecksumError,
+    AddressError,
+    AddressSyntaxError,
+    AddressVersionError,
+    Alias,
+    AliasClaim,
+    AliasClaimError,
+    AliasRejected,
+    AliasStore,
+    AliasSyntaxError,
+    DarkAddress,
+    ephemeral_signing_key,
+    parse_name,
+)
+from qudag_core.dark.descriptor import DarkService, DescriptorStore, Publisher, PutStatus
+from qudag_core.dark.events import DarkEndpoint, FetchDescriptors, Resolved, ResolveFailed
+from qudag_core.dark.resolver import (
+    InvalidDescriptorSignature,
+    NotFound,
+    ResolveError,
+    ResolveExpired,
+    Resolver,
+    Rollback,
+    Unpublished,
+    WrongIndex,
+)
+
+__all__ = [
+    "AddressChecksumError",
+    "AddressError",
+    "AddressSyntaxError",
+    "AddressVersionError",
+    "Alias",
+    "AliasClaim",
+    "AliasClaimError",
+    "AliasRejected",
+    "AliasStore",
+    "AliasSyntaxError",
+    "DarkAddress",
+    "DarkEndpoint",
+    "DarkService",
+    "DescriptorStore",
+    "FetchDescriptors",
+    "InvalidDescriptorSignature",
+    "NotFound",
+    "Publisher",
+    "PutStatus",
+    "ResolveError",
+    "ResolveExpired",
+    "ResolveFailed",
+    "Resolved",
+    "Resolver",
+    "Rollback",
+    "Unpublished",
+    "WrongIndex",
+    "ephemeral_signing_key",
+    "parse_name",
+]
