@@ -80,6 +80,12 @@ SECRET_XWING = "xwing-seed"
 
 
 # --------------------------------------------------------------------------- errors
+
+def identity_digest_of(mldsa_public_key: bytes) -> bytes:
+    """The 32-byte identity digest of an ML-DSA-65 public key: what ``Identity`` and
+    ``NodeCertificate`` call ``identity_digest`` and what a dark address commits to."""
+    return derive_key(_IDENTITY_DIGEST_CONTEXT, bytes(mldsa_public_key), 32)
+
 class CertificateError(RemoteProtocolError):
     """A node certificate is malformed, badly signed or outside its validity window."""
 

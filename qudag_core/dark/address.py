@@ -30,6 +30,7 @@ from qudag_core.crypto.hashing import derive_key
 from qudag_core.crypto.mldsa import PK_SIZE as MLDSA_PK_SIZE
 from qudag_core.crypto.mldsa import SIG_SIZE as MLDSA_SIG_SIZE
 from qudag_core.crypto.mldsa import MlDsa65PrivateKey, MlDsa65PublicKey
+from qudag_core.identity import identity_digest_of
 from qudag_core.errors import CryptoError, InvalidSignature, QudagError, RemoteProtocolError
 
 __all__ = [
@@ -60,7 +61,6 @@ ADDRESS_TEXT_LEN = 56
 SUFFIX = ".dark"
 MAX_NAME_LEN = 63 + len(SUFFIX)
 _CHECKSUM_CONTEXT = "qudag 2026 dark address checksum"
-_IDENTITY_DIGEST_CONTEXT = "qudag 2026 identity digest"  # same as qudag_core.identity
 _EPHEMERAL_CONTEXT = "qudag 2026 dark ephemeral identity"
 _ALIAS_CONTEXT = b"qudag 2026 dark alias claim"
 _B32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -111,11 +111,6 @@ class AliasRejected(RemoteProtocolError):
 
 
 # --------------------------------------------------------------------------- addresses
-def identity_digest_of(mldsa_public_key: bytes) -> bytes:
-    """The 32-byte identity digest of an ML-DSA-65 public key (as ``Identity``)."""
-    return derive_key(_IDENTITY_DIGEST_CONTEXT, bytes(mldsa_public_key), DIGEST_LEN)
-
-
 def _checksum(digest: bytes, version: int) -> bytes:
     return derive_key(_CHECKSUM_CONTEXT, digest + bytes((version,)), 2)
 
