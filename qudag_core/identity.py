@@ -20,10 +20,13 @@ wrong field lengths, unknown version, unknown address type are each a declared e
     u64  issued_at   u64 expires_at      (unix seconds, issued_at < expires_at)
     u16  len(sig) (=3309)       || ML-DSA-65 signature over every byte before it
 
-The design decision a reader asks about: the cache is keyed by the BLAKE3 hash of the
-*whole* certificate encoding (signature included) and stores only certificates whose
-signature verified; the validity window is re-checked on every lookup because it
-depends on ``now``.
+The design decision a reader asks about: the cache stores only certificates whose
+signature verified, and a lookup hits only when the presented encoding equals a cached
+one *byte for byte* (signature included); the validity window is re-checked on every
+lookup because it depends on ``now``.  Entries are indexed by the last 32 bytes of the
+encoding (the tail of the ML-DSA signature) and then compared in full: a memcmp instead
+of hashing 6.5 kB on every handshake.  Two encodings sharing a tail simply miss and are
+verified like any new certificate.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import ipaddress
 import struct
 from collections import OrderedDict
 
-from qudag_core.crypto.hashing import blake3_hash, derive_key
+from qudag_core.crypto.hashing import derive_key
 from qudag_core.crypto.mldsa import PK_SIZE as MLDSA_PK_SIZE
 from qudag_core.crypto.mldsa import SEED_SIZE as MLDSA_SEED_SIZE
 from qudag_core.crypto.mldsa import SIG_SIZE as MLDSA_SIG_SIZE
@@ -407,8 +410,11 @@ class NodeCertificate:
         )
 
 
+_CACHE_INDEX = 32  # bytes of the encoding's tail that index CertificateCache
+
+
 class CertificateCache:
-    """Bounded LRU of signature-verified certificates, keyed by BLAKE3 of the encoding.
+    """Bounded LRU of signature-verified certificates, matched on the whole encoding.
 
     ``verify(data, now)`` parses and checks a certificate the first time and returns the
     cached ``NodeCertificate`` (with its parsed keys) afterwards; the validity window is
@@ -431,9 +437,11 @@ class CertificateCache:
     def verify(self, data, now: float) -> NodeCertificate:
         if isinstance(data, NodeCertificate):
             data = data.to_bytes()
-        key = blake3_hash(data, 32)
+        elif type(data) is not bytes:
+            data = bytes(data)  # a memoryview compares element by element: copy once
+        key = data[-_CACHE_INDEX:]
         cert = self._entries.get(key)
-        if cert is not None:
+        if cert is not None and cert._encoded == data:
             self.hits += 1
             self._entries.move_to_end(key)
             cert.check_validity(now)
@@ -450,7 +458,7 @@ class CertificateCache:
     def add_verified(self, cert: NodeCertificate) -> None:
         """Insert a certificate we issued or already verified (e.g. our own)."""
         cert._verified = True
-        self._entries[blake3_hash(cert.to_bytes(), 32)] = cert
+        self._entries[cert.to_bytes()[-_CACHE_INDEX:]] = cert
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

@@ -5,6 +5,10 @@ them once per object, so hold on to the object, not the seed, on hot paths.
 ``MlKem768PublicKey`` runs the FIPS 203 §7.2 encapsulation-key check (type and modulus)
 at construction: an invalid key is rejected before any encapsulation.
 
+Keys are made through the library's Rust-level constructors when they exist: they are
+the functions the public ``MLKEM768*.from_*_bytes`` classmethods forward to after a
+per-call backend check, which is done once here at import instead.
+
 ``check_expanded_decapsulation_key`` is the FIPS 203 §7.3 decapsulation-key check
 (length and the ``H(ek)`` hash check) for keys met in the 2400-byte expanded form; it
 only hashes (SHA3-256), it decrypts nothing.  ``cryptography`` cannot load an expanded
@@ -37,6 +41,18 @@ SS_SIZE = 32
 DK_PKE_SIZE = 1152  # 384 * k, k = 3
 DK_SIZE = DK_PKE_SIZE + EK_SIZE + 32 + 32  # dk_PKE || ek || H(ek) || z = 2400
 
+_from_seed = _mlkem.MLKEM768PrivateKey.from_seed_bytes
+_from_public = _mlkem.MLKEM768PublicKey.from_public_bytes
+try:
+    from cryptography.hazmat.backends.openssl.backend import backend as _backend
+    from cryptography.hazmat.bindings._rust import openssl as _ro
+
+    if _backend.mlkem_supported():  # the check the public classmethods repeat per call
+        _from_seed = _ro.mlkem.from_mlkem768_seed_bytes
+        _from_public = _ro.mlkem.from_mlkem768_public_bytes
+except (ImportError, AttributeError):  # pragma: no cover - depends on the library layout
+    pass
+
 
 def check_expanded_decapsulation_key(dk: bytes) -> bytes:
     """FIPS 203 §7.3 input checks 2 and 3 on an expanded decapsulation key
@@ -62,7 +78,7 @@ class MlKem768PublicKey:
         if len(raw) != EK_SIZE:
             raise InvalidKey(f"ML-KEM-768 encapsulation key must be {EK_SIZE} bytes, got {len(raw)}")
         try:
-            self._key = _mlkem.MLKEM768PublicKey.from_public_bytes(raw)
+            self._key = _from_public(raw)
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise InvalidKey(f"ML-KEM-768 encapsulation key rejected: {exc}") from None
         self.raw: bytes = raw
@@ -83,7 +99,7 @@ class MlKem768PrivateKey:
         seed = bytes(seed)
         if len(seed) != SEED_SIZE:
             raise InvalidKey(f"ML-KEM-768 seed must be {SEED_SIZE} bytes, got {len(seed)}")
-        self._key = _mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+        self._key = _from_seed(seed)
         self.seed: bytes = seed
         pub = self._key.public_key()
         self.public_key: MlKem768PublicKey = MlKem768PublicKey.__new__(MlKem768PublicKey)

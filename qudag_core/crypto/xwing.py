@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.hazmat.primitives.asymmetric import x25519 as _x
-
 from qudag_core.crypto.mlkem import CT_SIZE as MLKEM_CT_SIZE
 from qudag_core.crypto.mlkem import EK_SIZE as MLKEM_EK_SIZE
 from qudag_core.crypto.mlkem import MlKem768PrivateKey, MlKem768PublicKey
-from qudag_core.crypto.x25519 import X25519PrivateKey
+from qudag_core.crypto.x25519 import X25519PrivateKey, x25519_public_from_bytes
 from qudag_core.errors import InvalidCiphertext, InvalidKey
 
 __all__ = ["PK_SIZE", "CT_SIZE", "SK_SIZE", "SS_SIZE", "XWingPrivateKey", "XWingPublicKey"]
@@ -31,7 +29,7 @@ SS_SIZE = 32
 
 
 def _combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
-    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + XWING_LABEL).digest()
+    return hashlib.sha3_256(b"".join((ss_m, ss_x, ct_x, pk_x, XWING_LABEL))).digest()
 
 
 class XWingPublicKey:
@@ -45,7 +43,7 @@ class XWingPublicKey:
             raise InvalidKey(f"X-Wing public key must be {PK_SIZE} bytes, got {len(raw)}")
         self._pk_m = MlKem768PublicKey(raw[:MLKEM_EK_SIZE])
         self._pk_x_raw = raw[MLKEM_EK_SIZE:]
-        self._pk_x = _x.X25519PublicKey.from_public_bytes(self._pk_x_raw)
+        self._pk_x = x25519_public_from_bytes(self._pk_x_raw)
         self.raw: bytes = raw
 
     @property
@@ -73,7 +71,7 @@ class XWingPublicKey:
         may replace the library call so recorded encapsulations can be replayed in
         known-answer tests."""
         if mlkem_encapsulate is None:
-            ss_m, ct_m = self._pk_m.encapsulate()
+            ss_m, ct_m = self._pk_m._key.encapsulate()
         else:
             ss_m, ct_m = mlkem_encapsulate(self._pk_m)
         ss_x = ephemeral.exchange(self._pk_x)
@@ -102,7 +100,7 @@ class XWingPrivateKey:
         pk = XWingPublicKey.__new__(XWingPublicKey)
         pk._pk_m = self._sk_m.public_key
         pk._pk_x_raw = self._sk_x.public
-        pk._pk_x = _x.X25519PublicKey.from_public_bytes(self._sk_x.public)
+        pk._pk_x = self._sk_x.public_key_object()
         pk.raw = self._sk_m.public_key.raw + self._sk_x.public
         self.public_key: XWingPublicKey = pk
 
@@ -121,7 +119,8 @@ class XWingPrivateKey:
         if len(ciphertext) != CT_SIZE:
             raise InvalidCiphertext(f"X-Wing ciphertext must be {CT_SIZE} bytes, got {len(ciphertext)}")
         ciphertext = bytes(ciphertext)
-        ct_m, ct_x = ciphertext[:MLKEM_CT_SIZE], ciphertext[MLKEM_CT_SIZE:]
-        ss_m = self._sk_m.decapsulate(ct_m)
-        ss_x = self._sk_x.exchange(ct_x)
+        ct_x = ciphertext[MLKEM_CT_SIZE:]
+        # The lengths are checked above, so the library objects are called directly.
+        ss_m = self._sk_m._key.decapsulate(ciphertext[:MLKEM_CT_SIZE])
+        ss_x = self._sk_x.exchange(x25519_public_from_bytes(ct_x))
         return _combine(ss_m, ss_x, ct_x, self._sk_x.public)

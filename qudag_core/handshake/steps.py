@@ -84,16 +84,6 @@ _CTX_CONFIRM_I = "qudag 2026 handshake initiator confirmation"
 _CTX_SESSION = "qudag 2026 handshake session keys and id"
 
 
-def _library_mlkem_encapsulate(mlkem_public_key):
-    return mlkem_public_key.encapsulate()
-
-
-def _encapsulate_shared(pk: XWingPublicKey, eph_x: X25519PrivateKey, mlkem_encapsulate):
-    """X-Wing encapsulation whose X25519 ephemeral ``eph_x`` is shared with the caller's
-    other encapsulations: ``(shared_secret, ct_M)``, full ciphertext ``ct_M || eph_x.public``."""
-    return pk.encapsulate_with_x25519(eph_x, mlkem_encapsulate)
-
-
 class SessionKeys:
     """What a finished handshake yields; the stream objects wrap it in
     ``HandshakeComplete``."""
@@ -188,16 +178,27 @@ class TypedTranscript:
 _T0 = TypedTranscript()
 
 
+# Transcript states after the items every handshake with one responder shares
+# (protocol, versions, responder identity and static key): public values only, so a
+# small process-wide cache is safe; it saves hashing 1.3 kB per handshake and side.
+_PREFIXES: dict = {}
+_PREFIX_CACHE_SIZE = 256
+
+
 def _transcript_start(versions_field: bytes, responder: NodeCertificate, epk: bytes, ct1: bytes) -> TypedTranscript:
+    versions_field = bytes(versions_field)
+    key = (versions_field, responder.identity_digest, responder.xwing_public_key)
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        p = TypedTranscript.__new__(TypedTranscript)
+        p._h = _T0._h.copy()
+        p.absorb(_L_VERSIONS, key[0], _L_R_IDENTITY, key[1], _L_R_STATIC, key[2])
+        if len(_PREFIXES) >= _PREFIX_CACHE_SIZE:
+            _PREFIXES.clear()
+        _PREFIXES[key] = prefix = p._h
     t = TypedTranscript.__new__(TypedTranscript)
-    t._h = _T0._h.copy()
-    t.absorb(
-        _L_VERSIONS, versions_field,
-        _L_R_IDENTITY, responder.identity_digest,
-        _L_R_STATIC, responder.xwing_public_key,
-        _L_I_EPHEMERAL, epk,
-        _L_CT1, ct1,
-    )
+    t._h = prefix.copy()
+    t.absorb(_L_I_EPHEMERAL, epk, _L_CT1, ct1)
     return t
 
 
@@ -214,19 +215,25 @@ def initiator_start(
     """Build INIT.  Returns ``(InitiatorState, init_body)``; ``init_body`` ends with an
     empty cookie field.  ``peer_certificate`` must already be verified by the caller.
     ``ephemeral_key``/``mlkem_encapsulate`` exist for known-answer tests."""
+    st = _initiator_start(rng, identity, certificate, peer_certificate, versions,
+                          ephemeral_key, mlkem_encapsulate)
+    return st, st.init_core + b"\x00"
+
+
+def _initiator_start(rng, identity, certificate, peer_certificate, versions, ephemeral_key, mlkem_encapsulate):
+    """``initiator_start`` without the cookie byte (``state.init_core`` is the INIT
+    core), so the stream object can frame INIT without copying it twice."""
     versions_field = encode_versions(versions)
     eph = ephemeral_key if ephemeral_key is not None else XWingPrivateKey(rng(32))
-    menc = mlkem_encapsulate if mlkem_encapsulate is not None else _library_mlkem_encapsulate
     # ct1's X25519 share is the ephemeral key's own X25519 half (Noise "es").
-    ss1, ct1_m = _encapsulate_shared(peer_certificate.xwing_key(), eph.x25519_key, menc)
+    ss1, ct1_m = peer_certificate.xwing_key().encapsulate_with_x25519(eph.x25519_key, mlkem_encapsulate)
     epk = eph.public_key.raw
     t = _transcript_start(versions_field, peer_certificate, epk, ct1_m + epk[_XWING_X_OFFSET:])
     h1 = t.digest()
     cert_bytes = certificate.to_bytes()
-    pt = struct.pack(">H", len(cert_bytes)) + cert_bytes + bytes(CERT_PLAINTEXT_SIZE - 2 - len(cert_bytes))
+    pt = b"".join((_U16.pack(len(cert_bytes)), cert_bytes, bytes(CERT_PLAINTEXT_SIZE - 2 - len(cert_bytes))))
     enc_cert = ChaCha20Poly1305Key(derive_key(_CTX_CERT_KEY, ss1 + h1)).seal(_ZERO_NONCE, pt, h1)
     t.absorb(_L_I_CERT, enc_cert, _L_I_IDENTITY, certificate.identity_digest)
-    core = versions_field + epk + ct1_m + enc_cert
     st = InitiatorState()
     st._used = False
     st.ephemeral = eph
@@ -235,8 +242,8 @@ def initiator_start(
     st.transcript = t
     st.versions = tuple(versions)
     st.peer_certificate = peer_certificate
-    st.init_core = core
-    return st, core + b"\x00"
+    st.init_core = b"".join((versions_field, epk, ct1_m, enc_cert))
+    return st
 
 
 def responder_process(
@@ -267,7 +274,8 @@ def _responder_process(rng, identity, certificate, core, offered, *, now, cert_c
     version = max(common)
     vlen = 1 + 2 * len(offered)
     epk = core[vlen : vlen + XWING_PK_SIZE]
-    ct1 = core[vlen + XWING_PK_SIZE : vlen + XWING_PK_SIZE + MLKEM_CT_SIZE] + epk[_XWING_X_OFFSET:]
+    # join, not +: the stream object hands in memoryview slices of the received frame.
+    ct1 = b"".join((core[vlen + XWING_PK_SIZE : vlen + XWING_PK_SIZE + MLKEM_CT_SIZE], epk[_XWING_X_OFFSET:]))
     enc_cert = core[vlen + XWING_PK_SIZE + MLKEM_CT_SIZE :]
     t = _transcript_start(core[:vlen], certificate, epk, ct1)
     h1 = t.digest()
@@ -282,31 +290,33 @@ def _responder_process(rng, identity, certificate, core, offered, *, now, cert_c
     except DecryptError:
         raise AuthenticationFailed("INIT does not decrypt: tampered, or not meant for this responder") from None
     clen = (pt[0] << 8) | pt[1]
-    if clen > CERT_PLAINTEXT_SIZE - 2 or any(pt[2 + clen :]):
+    # Padding must be all zeros (counted in place, no copy of the tail).
+    if clen > CERT_PLAINTEXT_SIZE - 2 or pt.count(0, 2 + clen) != CERT_PLAINTEXT_SIZE - 2 - clen:
         raise MalformedMessage("initiator certificate padding is malformed")
     peer = cert_cache.verify(pt[2 : 2 + clen], now)
     try:
         epk_key = XWingPublicKey(epk)
     except CryptoError:
         raise MalformedMessage("initiator ephemeral key is invalid") from None
-    menc = mlkem_encapsulate if mlkem_encapsulate is not None else _library_mlkem_encapsulate
+    menc = mlkem_encapsulate
     if kem_counter is not None:
         kem_counter()
         kem_counter()
     # One X25519 ephemeral for both ciphertexts (Noise "ee" and "se").
     eph_x = X25519PrivateKey(rng(X25519_SIZE))
     try:
-        ss2, ct2_m = _encapsulate_shared(epk_key, eph_x, menc)
+        ss2, ct2_m = epk_key.encapsulate_with_x25519(eph_x, menc)
     except CryptoError:
         raise MalformedMessage("initiator ephemeral X25519 share is of low order") from None
-    ss3, ct3_m = _encapsulate_shared(peer.xwing_key(), eph_x, menc)
+    ss3, ct3_m = peer.xwing_key().encapsulate_with_x25519(eph_x, menc)
     vfield = _U16.pack(version)
+    ex = eph_x.public
     t.absorb(
         _L_I_CERT, enc_cert,
         _L_I_IDENTITY, peer.identity_digest,
         _L_VERSION, vfield,
-        _L_CT2, ct2_m + eph_x.public,
-        _L_CT3, ct3_m + eph_x.public,
+        _L_CT2, ct2_m + ex,
+        _L_CT3, ct3_m + ex,
     )
     h2 = t.digest()
     ck = derive_key(_CTX_CHAIN, ss1 + ss2 + ss3 + h2)
@@ -321,7 +331,7 @@ def _responder_process(rng, identity, certificate, core, offered, *, now, cert_c
     st.h4 = t.digest()
     st.version = version
     st.peer_certificate = peer
-    return st, vfield + eph_x.public + ct2_m + ct3_m + confirm_r
+    return st, b"".join((vfield, ex, ct2_m, ct3_m, confirm_r))
 
 
 def initiator_finish(state: InitiatorState, response_body: bytes):
@@ -337,8 +347,8 @@ def initiator_finish(state: InitiatorState, response_body: bytes):
         raise UnsupportedVersion(f"responder chose version {version}, which we did not offer")
     ex = response_body[2 : 2 + X25519_SIZE]
     p = 2 + X25519_SIZE
-    ct2 = response_body[p : p + MLKEM_CT_SIZE] + ex
-    ct3 = response_body[p + MLKEM_CT_SIZE : p + 2 * MLKEM_CT_SIZE] + ex
+    ct2 = b"".join((response_body[p : p + MLKEM_CT_SIZE], ex))
+    ct3 = b"".join((response_body[p + MLKEM_CT_SIZE : p + 2 * MLKEM_CT_SIZE], ex))
     confirm_r = response_body[p + 2 * MLKEM_CT_SIZE :]
     try:
         ss2 = state.ephemeral.decapsulate(ct2)

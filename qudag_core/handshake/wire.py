@@ -107,6 +107,9 @@ def encode_versions(versions) -> bytes:
 _VERSION_FIELDS: dict = {}
 
 
+_VERSION_LISTS = [struct.Struct(f">{n}H") for n in range(MAX_VERSIONS + 1)]
+
+
 def split_init(body: bytes) -> tuple:
     """Split an INIT body into ``(core, versions, cookie)``; ``core`` is everything the
     transcript and the cookie MAC cover.  Raises ``MalformedMessage``."""
@@ -122,7 +125,7 @@ def split_init(body: bytes) -> tuple:
     cookie_len = body[core_len]
     if cookie_len not in (0, COOKIE_SIZE) or n != core_len + 1 + cookie_len:
         raise MalformedMessage("INIT cookie field has a bad length")
-    versions = struct.unpack(f">{count}H", body[1 : 1 + 2 * count])
+    versions = _VERSION_LISTS[count].unpack_from(body, 1)
     if 0 in versions or len(set(versions)) != count:
         raise MalformedMessage("INIT version list has zero or repeated entries")
     return body[:core_len], versions, body[core_len + 1 :]
@@ -146,15 +149,18 @@ class FrameReader:
 
     def next_frame_from(self, data: bytes, allowed: dict):
         """Fast path for the common case of an empty buffer and one whole frame in
-        ``data``: no copy through the buffer.  Otherwise buffer ``data`` and return
-        ``next_frame(allowed)``."""
+        ``data`` (which must be ``bytes``): the body is returned as a read-only
+        ``memoryview`` of ``data``, no copy.  Otherwise buffer ``data`` and return
+        ``next_frame(allowed)`` (whose bodies are ``bytes``)."""
         if not self._buf and len(data) >= FRAME_HEADER_SIZE:
             ftype = data[0]
             max_body = allowed.get(ftype, -1)
             length = (data[1] << 8) | data[2]
             if max_body >= 0 and length <= max_body and len(data) == FRAME_HEADER_SIZE + length:
                 self.consumed += len(data)
-                return ftype, data[FRAME_HEADER_SIZE:]
+                if type(data) is bytes:
+                    return ftype, memoryview(data)[FRAME_HEADER_SIZE:]
+                return ftype, bytes(data[FRAME_HEADER_SIZE:])
         self._buf += data
         return self.next_frame(allowed)
 

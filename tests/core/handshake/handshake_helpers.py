@@ -137,7 +137,7 @@ def clone(hs):
     reader = FrameReader()
     reader.feed(bytes(hs._reader._buf))
     new._reader = reader
-    new._out = bytearray(hs._out)
+    new._out = list(hs._out)
     if hs._hs is not None:
         new._hs = clone_state(hs._hs)
     return new
