@@ -160,8 +160,8 @@ def _check_header(path: str, fd: int) -> bool:
         if _MAGIC.startswith(head[:16]) or (len(head) < 100 and head.startswith(_MAGIC)):
             raise CorruptDatabase(f"{path}: truncated database ({size} bytes); restore it from a "
                                   "backup or move it away to start fresh (it was not modified)")
-        raise NotADatabase(f"{path}: not an SQLite database; pass the path of a qudag node "
-                           "database or a new file (it was not modified)")
+        raise NotADatabase(f"{path}: not an SQLite database; pass another path (a qudag node "
+                           "database or a new file); it was not modified")
     app_id = int.from_bytes(head[68:72], "big")
     if app_id not in (0, APPLICATION_ID):
         raise ForeignDatabase(f"{path}: SQLite database of another application (application_id "
@@ -177,6 +177,11 @@ def _check_header(path: str, fd: int) -> bool:
                               f"{pages * page_size}); restore it from a backup or move it away "
                               "(it was not modified)")
     return False
+
+
+def _one_line(what: object) -> str:
+    text = " ".join(str(what).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 class _RecordMirror:
@@ -256,7 +261,7 @@ class NodeDatabase:
             try:
                 cls._prepare(conn, path, fresh, synchronous)
             except sqlite3.DatabaseError as exc:
-                raise CorruptDatabase(f"{path}: damaged database ({exc}); restore it from a backup "
+                raise CorruptDatabase(f"{path}: damaged database ({_one_line(exc)}); restore it from a backup "
                                       "or move it away (it was not modified)") from None
         except BaseException:
             if conn is not None:
@@ -288,7 +293,7 @@ class NodeDatabase:
         if not fresh:
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
-                raise CorruptDatabase(f"{path}: damaged database ({check}); restore it from a "
+                raise CorruptDatabase(f"{path}: damaged database ({_one_line(check)}); restore it from a "
                                       "backup or move it away (it was not modified)")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
@@ -491,7 +496,7 @@ class _Tx:
             if not self.db._conn.in_transaction:
                 self.db._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise DatabaseWriteError(f"{self.db.path}: cannot write ({exc})") from None
+            raise DatabaseWriteError(f"{self.db.path}: cannot write ({_one_line(exc)})") from None
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> bool:
         if et is None:
@@ -500,8 +505,8 @@ class _Tx:
                 return False
             except sqlite3.Error as e:
                 self.db._rollback()
-                raise DatabaseWriteError(f"{self.db.path}: cannot write ({e})") from None
+                raise DatabaseWriteError(f"{self.db.path}: cannot write ({_one_line(e)})") from None
         self.db._rollback()
         if issubclass(et, sqlite3.Error):
-            raise DatabaseWriteError(f"{self.db.path}: cannot write ({exc})") from None
+            raise DatabaseWriteError(f"{self.db.path}: cannot write ({_one_line(exc)})") from None
         return False
