@@ -9,7 +9,8 @@ Usage (``docs/persistence.md``)::
 
     db = NodeDatabase.open("node.db")               # PersistError subclasses on bad files
     node_id = db.saved_node_id() or os.urandom(20)
-    dht = await DhtNode.start(host, port, node_id=node_id, bootstrap=(), wait_bootstrap=False)
+    dht = await DhtNode.start(host, port, node_id=node_id, wait_bootstrap=False,
+                              bootstrap=() if db.has_routing() else bootstrap_nodes)
     db.attach(dht.core, loop.time())                # routing + reputation + records; write-through on
     ...                                             # periodically and at shutdown:
     db.save(dht.core, loop.time()); db.close()
@@ -340,6 +341,11 @@ class NodeDatabase:
         restart with it so the saved routing table still fits."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'node_id'").fetchone()
         return None if row is None else bytes(row[0])
+
+    def has_routing(self) -> bool:
+        """Whether a routing table with at least one node was saved (if not, the node
+        needs bootstrap nodes to join)."""
+        return self._conn.execute("SELECT 1 FROM routing LIMIT 1").fetchone() is not None
 
     def attach(self, core: Any, now: float) -> tuple:
         """Load the routing table, reputation and records into a ``KrpcNode`` and

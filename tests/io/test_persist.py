@@ -333,7 +333,9 @@ def test_routing_round_trip_across_clock_origins(tmp_path, rng):
     wall = Wall()
     table = _table(rng)
     with NodeDatabase.open(tmp_path / "node.db", wall=wall) as db:
+        assert not db.has_routing()
         assert db.save_routing(table, 1000.0) == len(table)
+        assert db.has_routing()
         assert db.saved_node_id() == table.own_id
     wall.t += 100.0  # the node was down for 100 s; its new monotonic clock starts near 20
     with NodeDatabase.open(tmp_path / "node.db", wall=wall) as db:
