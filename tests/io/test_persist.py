@@ -165,6 +165,17 @@ def test_schema_markers_and_wal(tmp_path):
         assert db.saved_node_id() is None
 
 
+@pytest.mark.parametrize("sync, level", [(None, 1), ("NORMAL", 1), ("FULL", 2)])
+def test_synchronous_setting(tmp_path, sync, level):
+    kw = {} if sync is None else {"synchronous": sync}
+    with NodeDatabase.open(tmp_path / "node.db", **kw) as db:
+        assert db._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert db._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError):
+        NodeDatabase.open(tmp_path / "other.db", synchronous="OFF")
+    assert not (tmp_path / "other.db").exists()
+
+
 def test_empty_file_becomes_a_database(tmp_path):
     path = tmp_path / "node.db"
     path.touch(mode=0o600)

@@ -15,6 +15,8 @@ import random
 import signal
 import sys
 
+import pytest
+
 from qudag_core.krpc import bencode
 from qudag_core.krpc import messages as M
 from qudag_core.krpc.errors import KrpcError
@@ -126,11 +128,11 @@ class _Client(asyncio.DatagramProtocol):
             self.waiters.pop(tid, None)
 
 
-async def _spawn(path: pathlib.Path, kind: str):
+async def _spawn(path: pathlib.Path, kind: str, sync: str):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["QUDAG_UVLOOP"] = "1" if kind == "uvloop" else "0"
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(SCRIPT), str(path), "127.0.0.1",
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(SCRIPT), str(path), "127.0.0.1", sync,
                                                 stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE, env=env)
     try:
@@ -148,7 +150,8 @@ async def _end(proc) -> None:
     await proc.wait()
 
 
-def test_sigkill_loses_no_acknowledged_put(run_loop, tmp_path):
+@pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
+def test_sigkill_loses_no_acknowledged_put(run_loop, tmp_path, sync):
     path = tmp_path / "crash.db"
     total = 1000
 
@@ -157,7 +160,7 @@ def test_sigkill_loses_no_acknowledged_put(run_loop, tmp_path):
         transport, client = await loop.create_datagram_endpoint(_Client, local_addr=("127.0.0.1", 0))
         procs = []
         try:
-            proc, port, loaded = await _spawn(path, run_loop.kind)
+            proc, port, loaded = await _spawn(path, run_loop.kind, sync)
             procs.append(proc)
             assert loaded == 0
             addr = ("127.0.0.1", port)
@@ -191,7 +194,7 @@ def test_sigkill_loses_no_acknowledged_put(run_loop, tmp_path):
             assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
             assert kill_after <= len(acked) < total
 
-            proc2, port2, loaded2 = await _spawn(path, run_loop.kind)
+            proc2, port2, loaded2 = await _spawn(path, run_loop.kind, sync)
             procs.append(proc2)
             assert loaded2 >= len(acked)
             addr2 = ("127.0.0.1", port2)
@@ -208,7 +211,7 @@ def test_sigkill_loses_no_acknowledged_put(run_loop, tmp_path):
             assert not missing, f"{len(missing)} of {len(acked)} acknowledged puts lost"
             proc2.stdin.close()
             assert await asyncio.wait_for(proc2.wait(), 10) == 0
-            print(f"\n{run_loop.kind}: killed after {len(acked)} acknowledged puts; all back")
+            print(f"\n{run_loop.kind}, synchronous={sync}: killed after {len(acked)} acknowledged puts; all back")
         finally:
             transport.close()
             for p in procs:
