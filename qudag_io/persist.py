@@ -65,6 +65,7 @@ __all__ = [
     "ForeignDatabase",
     "NewerSchema",
     "DatabaseInUse",
+    "InsecureFile",
     "DatabaseWriteError",
     "TooManyAddresses",
     "RecordNotPersisted",
@@ -119,6 +120,11 @@ class NewerSchema(PersistError):
 
 class DatabaseInUse(PersistError):
     """Another process (or another ``NodeDatabase`` here) holds the file open."""
+
+
+class InsecureFile(PersistError):
+    """The database is readable or writable by group or others (it may hold address
+    state, and a writable routing table is an eclipse vector)."""
 
 
 class DatabaseWriteError(PersistError):
@@ -265,9 +271,10 @@ class NodeDatabase:
                 raise DatabaseInUse(f"{path}: in use by another node; stop it or pass another "
                                     "path") from None
             fresh = _check_header(path, fd)
+            loose = os.fstat(fd).st_mode & 0o077
             conn = sqlite3.connect(path, isolation_level=None)
             try:
-                cls._prepare(conn, path, fresh, synchronous)
+                cls._prepare(conn, path, fresh, synchronous, loose)
             except sqlite3.DatabaseError as exc:
                 raise CorruptDatabase(f"{path}: damaged database ({_one_line(exc)}); restore it from a backup "
                                       "or move it away (it was not modified)") from None
@@ -279,7 +286,7 @@ class NodeDatabase:
         return cls(path, fd, conn, wall, max_addresses)
 
     @staticmethod
-    def _prepare(conn: sqlite3.Connection, path: str, fresh: bool, synchronous: str) -> None:
+    def _prepare(conn: sqlite3.Connection, path: str, fresh: bool, synchronous: str, loose: int) -> None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -298,6 +305,9 @@ class NodeDatabase:
             raise CorruptDatabase(f"{path}: qudag database with missing tables or version "
                                   f"{version}; restore it from a backup or move it away "
                                   "(it was not modified)")
+        if loose:  # only now: a foreign or broken file is reported as such first
+            raise InsecureFile(f"{path}: readable or writable by other users (mode "
+                               f"{0o600 | loose:03o}); run chmod 600 on it")
         if not fresh:
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":

@@ -18,7 +18,7 @@ from qudag_core.krpc.reputation import Reputation
 from qudag_core.krpc.routing import RoutingTable
 from qudag_core.krpc.store import Record, RecordKind, RecordStore, StoreConfig, StoreError
 from qudag_io.persist import (APPLICATION_ID, SCHEMA_VERSION, CorruptDatabase, DatabaseInUse, ForeignDatabase,
-                              NewerSchema, NodeDatabase, NotADatabase, PersistError, PublishedAddress,
+                              InsecureFile, NewerSchema, NodeDatabase, NotADatabase, PersistError, PublishedAddress,
                               RecordNotPersisted, TooManyAddresses)
 
 DAY = 24 * 3600.0
@@ -152,6 +152,19 @@ def test_files_created_0600(tmp_path):
         db.close()
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o666])
+def test_loose_permissions_refused(tmp_path, mode):
+    path = tmp_path / "node.db"
+    NodeDatabase.open(path).close()
+    os.chmod(path, mode)
+    before = _digest(path)
+    with pytest.raises(InsecureFile, match="chmod 600"):
+        NodeDatabase.open(path)
+    assert _digest(path) == before and stat.S_IMODE(path.stat().st_mode) == mode
+    os.chmod(path, 0o600)
+    NodeDatabase.open(path).close()
 
 
 def test_schema_markers_and_wal(tmp_path):
