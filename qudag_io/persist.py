@@ -193,6 +193,11 @@ def _check_header(path: str, fd: int) -> bool:
     return False
 
 
+def _is_time(x: object) -> bool:
+    """A number SQLite gave back for a REAL column (None allowed), not NaN or text."""
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and x == x)
+
+
 def _one_line(what: object) -> str:
     text = " ".join(str(what).split())
     return text if len(text) <= 160 else text[:157] + "..."
@@ -393,13 +398,17 @@ class NodeDatabase:
 
     def load_routing(self, table: RoutingTable, now: float) -> int:
         """Insert the saved nodes into ``table`` (freshest first, so diversity limits
-        keep the best ones); returns how many went in."""
+        keep the best ones); returns how many went in.  Malformed rows are skipped."""
         off = self._wall() - now
         rows = self._conn.execute(
             "SELECT node_id, host, port, last_response, last_query FROM routing "
             "ORDER BY last_response IS NULL, last_response DESC").fetchall()
-        return table.restore(((bytes(i), h, p, None if lr is None else lr - off,
-                               None if lq is None else lq - off) for i, h, p, lr, lq in rows), now)
+        entries = []
+        for i, h, p, lr, lq in rows:
+            if isinstance(i, bytes) and isinstance(h, str) and isinstance(p, int) and _is_time(lr) \
+                    and _is_time(lq):
+                entries.append((i, h, p, None if lr is None else lr - off, None if lq is None else lq - off))
+        return table.restore(entries, now)
 
     def _save_routing(self, table: RoutingTable, now: float) -> int:
         off = self._wall() - now
@@ -420,7 +429,9 @@ class NodeDatabase:
     def load_reputation(self, reputation: Reputation, now: float) -> int:
         off = self._wall() - now
         rows = self._conn.execute("SELECT peer, score, updated_at FROM reputation ORDER BY ord").fetchall()
-        return reputation.restore(((bytes(p), s, u - off) for p, s, u in rows), now)
+        return reputation.restore(((p, s, u - off) for p, s, u in rows
+                                   if isinstance(p, bytes) and _is_time(s) and _is_time(u) and u is not None),
+                                  now)
 
     def _save_reputation(self, reputation: Reputation, now: float) -> int:
         off = self._wall() - now
@@ -443,6 +454,11 @@ class NodeDatabase:
                 "FROM records ORDER BY stored_at"):
             target, kind, value, seq, pubkey, salt, sig, stored_at, local, source = row
             try:
+                if not (isinstance(target, bytes) and len(target) == 20 and _is_time(stored_at)
+                        and stored_at is not None and (seq is None or isinstance(seq, int))
+                        and (source is None or isinstance(source, str))
+                        and all(isinstance(b, bytes) for b in (value, pubkey, salt, sig))):
+                    raise ValueError("malformed row")
                 rec = Record(target=bytes(target), kind=RecordKind(kind), value=bytes(value), seq=seq,
                              pubkey=bytes(pubkey), salt=bytes(salt), signature=bytes(sig))
                 ok = store.restore(rec, stored_at - off, now, local=bool(local), source_ip=source)
@@ -451,14 +467,13 @@ class NodeDatabase:
             if ok:
                 loaded += 1
             else:
-                refused.append((bytes(target),))
+                refused.append((target,))
         mirror = _RecordMirror(self, off, ttl)
         with self._tx():
             self._conn.executemany("DELETE FROM records WHERE target = ?", refused)
             # rows evicted from memory while loading
-            present = set(t for t in (r.target for r in store.records()))
-            gone = [(bytes(t),) for (t,) in self._conn.execute("SELECT target FROM records")
-                    if bytes(t) not in present]
+            present = {r.target for r in store.records()}
+            gone = [(t,) for (t,) in self._conn.execute("SELECT target FROM records") if t not in present]
             self._conn.executemany("DELETE FROM records WHERE target = ?", gone)
         store.listener = mirror
         self._store = store

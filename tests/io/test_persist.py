@@ -340,6 +340,36 @@ def test_reload_gives_back_the_same_store(tmp_path_factory, ops):
         assert all(not before[t][1] for t in gone)
 
 
+_junk = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True),
+                  st.text(max_size=8), st.binary(max_size=24))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(*[_junk] * 11), max_size=6), rng_rows=st.lists(st.tuples(*[_junk] * 5), max_size=6),
+       rep_rows=st.lists(st.tuples(*[_junk] * 3), max_size=6))
+def test_tampered_rows_are_skipped_not_raised(tmp_path_factory, rows, rng_rows, rep_rows):
+    """Rows of the wrong type (the file is ours and passed quick_check, but someone
+    edited it) are skipped on load and never raise."""
+    path = tmp_path_factory.mktemp("j") / "node.db"
+    NodeDatabase.open(path).close()
+    c = sqlite3.connect(path)
+    for r in rows:
+        c.execute("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  (r[0] if r[0] is not None else b"\0",) + r[1:])  # NOT NULL columns may refuse
+    for r in rng_rows:
+        c.execute("INSERT OR IGNORE INTO routing VALUES (?,?,?,?,?)", r)
+    for i, r in enumerate(rep_rows):
+        c.execute("INSERT OR IGNORE INTO reputation VALUES (?,?,?,?)", r + (i,))
+    c.commit()
+    c.close()
+    with NodeDatabase.open(path) as db:
+        store, table, rep = RecordStore(), RoutingTable(b"\1" * 20), Reputation()
+        db.load_routing(table, 0.0)
+        db.load_reputation(rep, 0.0)
+        db.attach_store(store, 0.0)
+        assert db.record_count() == len(store)  # what could not be loaded is gone
+
+
 # ---- routing table ---------------------------------------------------------------------------
 
 
