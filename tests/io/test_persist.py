@@ -549,3 +549,47 @@ def test_store_restore_hook(rng):
         (recs[0].target, 50.0, False), (recs[2].target, 5.0, True), (recs[3].target, 120.0, False)]
     store.expire(150.0)
     assert store.get(recs[0].target, 150.0) is None and store.get(recs[3].target, 150.0) is not None
+
+
+# ---- the KRPC node, sans-IO ------------------------------------------------------------------
+
+
+def test_krpc_put_is_acknowledged_only_after_commit(tmp_path, rng):
+    """Drive a ``KrpcNode`` with datagrams: by the time the put's reply is queued its row
+    is committed (seen by another connection); when the commit fails the reply is KRPC
+    error 202 and nothing is stored."""
+    from qudag_core.krpc import bencode
+    from qudag_core.krpc import messages as M
+    from qudag_core.krpc.node import KrpcNode
+
+    path = tmp_path / "node.db"
+    db = NodeDatabase.open(path)
+    node = KrpcNode(rng(20), rng=rng, now=0.0)
+    db.attach(node, 0.0)
+    peer, client = ("10.1.2.3", 4567), rng(20)
+
+    def ask(q: M.Query, now: float):
+        node.receive_datagram(q.encode(), peer, now)
+        # the reply, plus the node's own ping of the querier it does not know yet
+        replies = [m for m in (M.parse_message(d) for d, to in node.datagrams_to_send(now) if to == peer)
+                   if m.transaction_id == q.transaction_id]
+        assert len(replies) == 1
+        return replies[0]
+
+    token = ask(M.Get(transaction_id=b"g1", node_id=client, target=rng(20)), 1.0).token
+    ro = _reader(path)
+    try:
+        v = bencode.encode(b"durable")
+        rep = ask(M.Put(transaction_id=b"p1", node_id=client, token=token, value=v), 2.0)
+        assert isinstance(rep, M.Response)
+        assert ro.execute("SELECT value, source_ip FROM records WHERE target = ?",
+                          (M.immutable_target(v),)).fetchone() == (v, "10.1.2.3")
+        db._conn.execute("PRAGMA query_only = 1")  # the next commit fails inside SQLite
+        w = bencode.encode(b"not durable")
+        rep = ask(M.Put(transaction_id=b"p2", node_id=client, token=token, value=w), 3.0)
+        assert isinstance(rep, M.Error) and rep.code == 202
+        assert node.store.get(M.immutable_target(w), 3.0) is None
+        db._conn.execute("PRAGMA query_only = 0")
+    finally:
+        ro.close()
+        db.close()
