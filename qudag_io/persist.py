@@ -213,10 +213,13 @@ class _RecordMirror:
         self.offset = offset
         self.ttl = ttl
 
-    def record_stored(self, rec: Record, stored_at: float, local: bool, source_ip: Optional[str]) -> None:
+    def row(self, rec: Record, stored_at: float, local: bool, source_ip: Optional[str]) -> tuple:
         wall = stored_at + self.offset
-        row = (rec.target, rec.kind.value, rec.value, rec.seq, rec.pubkey, rec.salt, rec.signature,
-               wall, None if local else wall + self.ttl, int(local), source_ip)
+        return (rec.target, rec.kind.value, rec.value, rec.seq, rec.pubkey, rec.salt, rec.signature,
+                wall, None if local else wall + self.ttl, int(local), source_ip)
+
+    def record_stored(self, rec: Record, stored_at: float, local: bool, source_ip: Optional[str]) -> None:
+        row = self.row(rec, stored_at, local, source_ip)
         conn = self.db._conn
         try:
             if not conn.in_transaction:
@@ -225,7 +228,7 @@ class _RecordMirror:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self.db._rollback()
-            raise RecordNotPersisted(f"could not save the record: {exc}") from None
+            raise RecordNotPersisted(f"could not save the record: {_one_line(exc)}") from None
 
     def record_removed(self, target: bytes) -> None:
         conn = self.db._conn
@@ -443,8 +446,9 @@ class NodeDatabase:
     # ---- records -----------------------------------------------------------------------
     def attach_store(self, store: RecordStore, now: float) -> int:
         """Load the saved records into ``store`` with their original storage times
-        (expired ones are deleted), drop rows the store's limits refuse, and install
-        the write-through listener.  Returns how many records were loaded."""
+        (expired ones are deleted), drop rows the store's limits refuse, save records
+        the store held already, and install the write-through listener.  Returns how
+        many records were loaded."""
         off = self._wall() - now
         ttl = store.config.ttl
         loaded = 0
@@ -475,6 +479,9 @@ class NodeDatabase:
             present = {r.target for r in store.records()}
             gone = [(t,) for (t,) in self._conn.execute("SELECT target FROM records") if t not in present]
             self._conn.executemany("DELETE FROM records WHERE target = ?", gone)
+            # records the store held before it was attached (e.g. our own early puts)
+            self._conn.executemany("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                                   [mirror.row(*e) for e in store.entries()])
         store.listener = mirror
         self._store = store
         return loaded

@@ -262,6 +262,23 @@ def test_records_reload_with_their_expiry(tmp_path, rng):
         assert db.record_count() == 1  # expired rows are deleted, not kept
 
 
+def test_attach_saves_records_held_before(tmp_path, rng):
+    early, saved = rng(20), rng(20)
+    with NodeDatabase.open(tmp_path / "node.db") as db:
+        store = RecordStore()
+        db.attach_store(store, 0.0)
+        store.put_immutable(saved, b"1:s", 0.0)
+    with NodeDatabase.open(tmp_path / "node.db") as db:
+        store = RecordStore()
+        store.put_immutable(early, b"1:e", 1.0, local=True)  # before attach
+        assert db.attach_store(store, 1.0) == 1
+        assert db.record_count() == 2 == len(store)
+    with NodeDatabase.open(tmp_path / "node.db") as db:
+        store = RecordStore()
+        assert db.attach_store(store, 2.0) == 2
+        assert store.get(early, 2.0).value == b"1:e" and store.entries()[-1][2] is True
+
+
 def test_database_mirrors_the_bounded_store(tmp_path, rng):
     cfg = StoreConfig(max_records=10)
     with NodeDatabase.open(tmp_path / "node.db") as db:
