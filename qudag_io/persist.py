@@ -261,8 +261,8 @@ class NodeDatabase:
         """Open or create the database at ``path`` (created mode 0600).
 
         Raises ``NotADatabase``, ``CorruptDatabase``, ``ForeignDatabase``,
-        ``NewerSchema`` or ``DatabaseInUse``; in every such case the file is left as
-        it was.  ``synchronous`` is ``"NORMAL"`` (default) or ``"FULL"`` (see the
+        ``NewerSchema``, ``DatabaseInUse`` or ``InsecureFile`` (all ``PersistError``);
+        in every such case the file is left as it was.  ``synchronous`` is ``"NORMAL"`` (default) or ``"FULL"`` (see the
         module docstring)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
@@ -279,7 +279,8 @@ class NodeDatabase:
                 raise DatabaseInUse(f"{path}: in use by another node; stop it or pass another "
                                     "path") from None
             fresh = _check_header(path, fd)
-            loose = os.fstat(fd).st_mode & 0o077
+            mode = os.fstat(fd).st_mode & 0o777
+            loose = mode if mode & 0o077 else 0
             conn = sqlite3.connect(path, isolation_level=None)
             try:
                 cls._prepare(conn, path, fresh, synchronous, loose)
@@ -315,7 +316,7 @@ class NodeDatabase:
                                   "(it was not modified)")
         if loose:  # only now: a foreign or broken file is reported as such first
             raise InsecureFile(f"{path}: readable or writable by other users (mode "
-                               f"{0o600 | loose:03o}); run chmod 600 on it")
+                               f"{loose:03o}); run chmod 600 on it")
         if not fresh:
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":

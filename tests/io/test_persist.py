@@ -160,8 +160,9 @@ def test_loose_permissions_refused(tmp_path, mode):
     NodeDatabase.open(path).close()
     os.chmod(path, mode)
     before = _digest(path)
-    with pytest.raises(InsecureFile, match="chmod 600"):
+    with pytest.raises(InsecureFile, match="chmod 600") as info:
         NodeDatabase.open(path)
+    assert f"mode {mode:03o}" in str(info.value)
     assert _digest(path) == before and stat.S_IMODE(path.stat().st_mode) == mode
     os.chmod(path, 0o600)
     NodeDatabase.open(path).close()
