@@ -120,6 +120,33 @@ class Reputation:
             out.append(pool.pop(pick)[0])
         return out
 
+    # -- persistence --------------------------------------------------------------
+    def snapshot(self) -> list[tuple]:
+        """``[(peer, score, updated_at)]``, least recently updated first (undecayed
+        scores; ``restore`` applies the decay since ``updated_at``)."""
+        return [(k, e[0], e[1]) for k, e in self._scores.items()]
+
+    def restore(self, entries: Iterable[tuple], now: float) -> int:
+        """Reload a ``snapshot()`` (oldest first); ``updated_at`` is clamped to ``now``,
+        scores to the configured range, malformed entries and peers already known are
+        skipped.  Bounded like every other insert.  Returns how many were loaded."""
+        cfg = self.config
+        count = 0
+        for ent in entries:
+            try:
+                peer, score, updated = ent
+                score = float(score)
+                updated = float(updated)
+                hash(peer)
+            except (TypeError, ValueError):
+                continue
+            if peer in self._scores or math.isnan(score) or math.isnan(updated):
+                continue
+            self._make_room()
+            self._scores[peer] = [min(cfg.maximum, max(cfg.minimum, score)), min(updated, now)]
+            count += 1
+        return count
+
     # -- internals ----------------------------------------------------------------
     def _decayed(self, e: list, now: float) -> float:
         dt = now - e[1]

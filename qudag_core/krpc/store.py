@@ -20,6 +20,14 @@ due a republish ``republish_interval`` (12 h) after it; a put from the network p
 both back, which is Kademlia's "don't republish what someone just stored" optimisation.
 Records we ``put(..., local=True)`` never expire until ``remove``; we keep republishing.
 
+Persistence hook: ``listener`` (default None) is told of every change *before* it is
+applied in memory -- ``record_stored(record, stored_at, local, source_ip)`` on an insert,
+replace or refresh, ``record_removed(target)`` on a delete (expiry, eviction, ``remove``).
+A listener that raises a ``StoreError`` from ``record_stored`` refuses the put and
+leaves the store unchanged, so a write-through database (``qudag_io.persist``) commits
+a record before the KRPC reply acknowledging it is built.  ``entries()`` and
+``restore()`` enumerate and reload records with their storage times.
+
 Memory is bounded by ``max_records`` and ``max_bytes`` (eviction: expired records first,
 then least recently stored, which with one TTL for all is the same order) and by a
 per-source-IP record quota.  Errors raised are ``StoreError`` subclasses whose
@@ -157,6 +165,8 @@ class RecordStore:
         self._per_ip: dict[str, int] = {}
         self.bytes_used = 0
         self.evictions = 0
+        #: persistence hook (see the module docstring); ``None``: no listener
+        self.listener: object = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -176,6 +186,35 @@ class RecordStore:
 
     def records(self) -> list[Record]:
         return [e.record for e in self._entries.values()]
+
+    def entries(self) -> list[tuple]:
+        """``[(record, stored_at, local, source_ip)]``, least recently stored first
+        (for persistence; ``restore`` takes the same fields back)."""
+        return [(e.record, e.stored_at, e.local, e.source) for e in self._entries.values()]
+
+    def restore(self, record: Record, stored_at: float, now: float, *, local: bool = False,
+                source_ip: str | None = None) -> bool:
+        """Reload a record saved from ``entries()``: kept with its original
+        ``stored_at`` (clamped to ``now``), so it expires when it would have.  Expired
+        records, targets already present and records the limits or quotas refuse are
+        skipped (returns False).  The listener is not told of the insert (the record
+        came from it); evictions made to fit it are reported as usual."""
+        if not isinstance(record, Record) or record.target in self._entries:
+            return False
+        stored_at = min(stored_at, now)
+        if not local and now - stored_at >= self.config.ttl:
+            return False
+        try:
+            self._check_quota(source_ip, None)
+            self._make_room(record.size(), now, None)
+        except StoreError:
+            return False
+        e = _Entry(record, stored_at, source_ip, local, self.config.republish_interval)
+        self._entries[record.target] = e
+        self.bytes_used += e.nbytes
+        if source_ip is not None:
+            self._per_ip[source_ip] = self._per_ip.get(source_ip, 0) + 1
+        return True
 
     # -- writes -------------------------------------------------------------------
     def put_immutable(self, target: bytes, value: bytes, now: float, *, source_ip: str | None = None,
@@ -322,6 +361,8 @@ class RecordStore:
         self._check_quota(source_ip, None)
         nbytes = rec.size()
         self._make_room(nbytes, now, None)
+        if self.listener is not None:
+            self.listener.record_stored(rec, now, local, source_ip)
         self._entries[rec.target] = _Entry(rec, now, source_ip, local, self.config.republish_interval)
         self.bytes_used += nbytes
         if source_ip is not None:
@@ -334,14 +375,22 @@ class RecordStore:
         grow = rec.size() - e.nbytes
         if grow > 0:
             self._make_room(grow, now, target)
+        if self.listener is not None:
+            self.listener.record_stored(rec, now, e.local or local,
+                                        e.source if source_ip is None else source_ip)
         self.bytes_used += rec.size() - e.nbytes
         e.record = rec
         e.nbytes = rec.size()
-        self._refresh(target, e, now, source_ip, local)
+        self._refresh(target, e, now, source_ip, local, notify=False)
 
-    def _refresh(self, target: bytes, e: _Entry, now: float, source_ip: str | None, local: bool) -> None:
+    def _refresh(self, target: bytes, e: _Entry, now: float, source_ip: str | None, local: bool,
+                 notify: bool = True) -> None:
         if source_ip is not None and source_ip != e.source:
             self._check_quota(source_ip, e.source)
+        if notify and self.listener is not None:
+            self.listener.record_stored(e.record, now, e.local or local,
+                                        e.source if source_ip is None else source_ip)
+        if source_ip is not None and source_ip != e.source:
             self._move_source(e, source_ip)
         e.stored_at = now
         e.republish_at = now + self.config.republish_interval
@@ -360,6 +409,8 @@ class RecordStore:
             self._per_ip[source_ip] = self._per_ip.get(source_ip, 0) + 1
 
     def _delete(self, target: bytes) -> None:
+        if self.listener is not None:
+            self.listener.record_removed(target)
         e = self._entries.pop(target)
         self.bytes_used -= e.nbytes
         self._move_source(e, None)
