@@ -192,6 +192,9 @@ class _NodeLink:
         self.pending: deque[bytes] = deque()
         #: Cells in ``pending`` (the backpressure measure).
         self.pending_cells = 0
+        #: Client circuits of this node that start on this link (none: every cell
+        #: arriving here is for the relay core).
+        self.client_circuits = 0
         frame = link_frame_size(node.link_config)
         self._batch_bytes = max(1, min(MAX_BATCH, frame // CELL_SIZE)) * CELL_SIZE
         self._wake: Optional[asyncio.Future[None]] = None
@@ -463,10 +466,17 @@ class OnionNode:
         """One link message (n whole cells): runs of cells for one of our client circuits
         go to it, everything else to the relay core, each as one batch call."""
         now = time.monotonic()
+        lid = link.id
+        if not link.client_circuits:
+            if self.is_relay:
+                events = self.relay.receive_cells(lid, msg, now)
+                if events:
+                    self._relay_events(events)
+            self._flush()
+            return
         mv = memoryview(msg)
         n = len(msg) // CELL_SIZE
         clients = self._client_circs
-        lid = link.id
         i = 0
         while i < n:
             circ_id = int.from_bytes(mv[i * CELL_SIZE : i * CELL_SIZE + 4], "big")
@@ -487,7 +497,17 @@ class OnionNode:
         self._flush()
 
     def _relay_events(self, events: list) -> None:
+        run: list = []  # consecutive exit messages of one circuit: handled as one batch
         for ev in events:
+            if type(ev) is ExitMessageReceived:
+                if run and (run[0].link_id != ev.link_id or run[0].circ_id != ev.circ_id):
+                    self._exit_messages(run)
+                    run = []
+                run.append(ev)
+                continue
+            if run:
+                self._exit_messages(run)
+                run = []
             if isinstance(ev, ExitMessageReceived):
                 self._exit_message(ev)
             elif isinstance(ev, LinkNeeded):
@@ -496,6 +516,8 @@ class OnionNode:
                 ex = self._exits.pop((ev.link_id, ev.circ_id), None)
                 if ex is not None:
                     ex.closed(CircuitError(ev.reason, True))
+        if run:
+            self._exit_messages(run)
 
     async def _open_next(self, node_id: bytes) -> None:
         try:
@@ -506,6 +528,13 @@ class OnionNode:
         else:
             self._relay_events(self.relay.link_ready(node_id, link.id, time.monotonic()))
         self._flush()
+
+    def _exit_messages(self, evs: list) -> None:
+        key = (evs[0].link_id, evs[0].circ_id)
+        ex = self._exits.get(key)
+        if ex is None:
+            ex = self._exits[key] = _ExitCircuit(self, key[0], key[1])
+        ex.receive_many(evs)
 
     def _exit_message(self, ev: ExitMessageReceived) -> None:
         key = (ev.link_id, ev.circ_id)
@@ -874,6 +903,39 @@ class _ExitCircuit(_StreamOwner):
         except CellError as e:
             self.node._relay_events(self.node.relay.destroy(self.link_id, self.circ_id, e.error_code or 1))
             return
+        self._requests(events)
+        self.pump(flush=False)  # called from _cells_in, which flushes once per batch
+
+    def receive_many(self, evs: list) -> None:
+        """``receive`` for a run of ``ExitMessageReceived``: DATA takes a short path (same
+        mux checks, one wake-up per stream), the replies go out in one pump."""
+        mux_receive = self.mux.receive_message
+        streams = self.streams
+        woken = set()
+        for ev in evs:
+            if self.error is not None:
+                return
+            cmd = ev.command
+            try:
+                if cmd is RelayCommand.DATA:
+                    got = mux_receive(cmd, ev.stream_id, ev.data)
+                    st = streams.get(ev.stream_id)
+                    if got and st is not None:
+                        st._rx.append(got[0].data)
+                        woken.add(st)
+                    continue
+                events = self.handle(cmd, ev.stream_id, ev.data)
+            except CellError as e:
+                for st in woken:
+                    st._wake_rx()
+                self.node._relay_events(self.node.relay.destroy(self.link_id, self.circ_id, e.error_code or 1))
+                return
+            self._requests(events)
+        for st in woken:
+            st._wake_rx()
+        self.pump(flush=False)
+
+    def _requests(self, events: list) -> None:
         for ev in events:
             if isinstance(ev, StreamRequested):
                 handler = self.node._services.get(ev.target)
@@ -885,7 +947,6 @@ class _ExitCircuit(_StreamOwner):
                 self.streams[ev.stream_id] = st
                 self.mux.accept(ev.stream_id)
                 self.node._spawn(self._serve(handler, st))
-        self.pump(flush=False)  # called from _cells_in, which flushes once per batch
 
     async def _serve(self, handler: Callable[[OnionStream], Awaitable[None]], st: OnionStream) -> None:
         try:
@@ -996,7 +1057,8 @@ class OnionCircuit(_StreamOwner):
         if self._core.state != "CLOSED":
             self._core.destroy(exc.reason)
             self._send_cells()
-        self.node._client_circs.pop((self.link.id, self.circ_id), None)
+        if self.node._client_circs.pop((self.link.id, self.circ_id), None) is not None:
+            self.link.client_circuits -= 1
         if not self.built.done():
             self.built.set_exception(exc)
             self.built.exception()
@@ -1061,6 +1123,7 @@ class OnionClient:
                 break
         circ = OnionCircuit(node, link, circ_id, chosen)
         node._client_circs[(link.id, circ_id)] = circ
+        link.client_circuits += 1
         circ._start()
         node._rearm()
         try:

@@ -20,6 +20,7 @@ relay on the path could lie about it, and such a relay could extend it anyway.
 from __future__ import annotations
 
 import heapq
+import struct
 
 from qudag_core.crypto import XWingPrivateKey
 from qudag_core.onion import handshake as hs
@@ -28,6 +29,8 @@ from qudag_core.onion.cells import (
     HEADER_SIZE,
     PAYLOAD_SIZE,
     RELAY_DATA_MAX,
+    RELAY_HEADER_SIZE,
+    TAG_SIZE,
     Cell,
     CellCommand,
     CellError,
@@ -47,6 +50,10 @@ __all__ = ["RelayState", "OnionRelay"]
 
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
+# relay header of a cell at offset 0 of a cell buffer: skip circ id, command and tag
+_RELAY_HDR_AT = struct.Struct(">" + "x" * (HEADER_SIZE + TAG_SIZE) + "BHH")
+_DATA_AT = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
+_FAST_EXIT = {int(c): c for c in (RelayCommand.DATA, RelayCommand.SENDME, RelayCommand.END, RelayCommand.BEGIN)}
 
 
 class RelayState:
@@ -242,8 +249,24 @@ class OnionRelay:
             if self._circuits.get(circ.prev) is not circ:
                 break  # destroyed by an earlier cell of the run: the rest is dropped
             if flags[k]:
+                base = k * CELL
+                code, sid, length = _RELAY_HDR_AT.unpack_from(run, base)
+                if code in _FAST_EXIT and length <= RELAY_DATA_MAX:
+                    # stream traffic (allowed in every state that has a fwd layer): the
+                    # event straight from the header, no intermediate RelayMessage
+                    events.append(
+                        ExitMessageReceived(
+                            link_id=circ.prev[0],
+                            circ_id=circ.prev[1],
+                            command=_FAST_EXIT[code],
+                            stream_id=sid,
+                            data=bytes(mv[base + _DATA_AT : base + _DATA_AT + length]),
+                        )
+                    )
+                    k += 1
+                    continue
                 try:
-                    events += self._recognised(circ, bytearray(mv[k * CELL : (k + 1) * CELL]), now)
+                    events += self._recognised(circ, bytearray(mv[base : base + CELL]), now)
                 except CellError as e:
                     events += self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
                     break
