@@ -909,21 +909,33 @@ class _ExitCircuit(_StreamOwner):
     def receive_many(self, evs: list) -> None:
         """``receive`` for a run of ``ExitMessageReceived``: DATA takes a short path (same
         mux checks, one wake-up per stream), the replies go out in one pump."""
-        mux_receive = self.mux.receive_message
+        mux = self.mux
         streams = self.streams
         woken = set()
-        for ev in evs:
+        DATA = RelayCommand.DATA
+        i = 0
+        n = len(evs)
+        while i < n:
             if self.error is not None:
                 return
+            ev = evs[i]
             cmd = ev.command
             try:
-                if cmd is RelayCommand.DATA:
-                    got = mux_receive(cmd, ev.stream_id, ev.data)
-                    st = streams.get(ev.stream_id)
+                if cmd is DATA:  # a run of DATA for one stream: one mux call
+                    sid = ev.stream_id
+                    j = i + 1
+                    while j < n and evs[j].command is DATA and evs[j].stream_id == sid:
+                        j += 1
+                    got, err = mux.receive_data_run(sid, [e.data for e in evs[i:j]])
+                    st = streams.get(sid)
                     if got and st is not None:
-                        st._rx.append(got[0].data)
+                        st._rx.extend(got)
                         woken.add(st)
+                    if err is not None:
+                        raise err
+                    i = j
                     continue
+                i += 1
                 events = self.handle(cmd, ev.stream_id, ev.data)
             except CellError as e:
                 for st in woken:
