@@ -49,7 +49,17 @@ MAX_HOPS = 8
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
 _CIRC_CMD_HDR = struct.Struct(">IB")
-_CIRC_RELAY_HDR = struct.Struct(">IB" + "x" * TAG_SIZE + "BHH")
+_BATCH_STRUCTS: dict = {}
+
+
+def _batch_struct(n: int) -> struct.Struct:
+    """n relay cells: circ id, RELAY, zero tag slot, relay header, data (zero-filled)."""
+    st = _BATCH_STRUCTS.get(n)
+    if st is None:
+        st = struct.Struct(">" + f"IB{TAG_SIZE}xBHH{RELAY_DATA_MAX}s" * n)
+        if len(_BATCH_STRUCTS) < 256:
+            _BATCH_STRUCTS[n] = st
+    return st
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +210,10 @@ class ClientCircuit:
         n = len(messages)
         if n == 0:
             return
-        buf = bytearray(n * CELL)
-        pack = _CIRC_RELAY_HDR.pack_into
-        start = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
         cid = self.circ_id
-        rng = self._rng
-        off = 0
+        args: list = []
+        short: list = []  # (offset, length) of cells whose data leaves padding to fill
+        off = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
         for command, stream_id, data in messages:
             if command == RelayCommand.EXTEND:
                 raise LocalProtocolError("use extend()")
@@ -214,11 +222,15 @@ class ClientCircuit:
                 raise ValueError(f"relay data {ln} > {RELAY_DATA_MAX}")
             if not 0 <= stream_id <= 0xFFFF:
                 raise ValueError("stream_id out of range")
-            pack(buf, off, cid, _RELAY, int(command), stream_id, ln)
-            buf[off + start : off + start + ln] = data
+            args += (cid, _RELAY, int(command), stream_id, ln, data if type(data) is bytes else bytes(data))
             if ln < RELAY_DATA_MAX:
-                buf[off + start + ln : off + CELL] = rng(RELAY_DATA_MAX - ln)
+                short.append((off, ln))
             off += CELL
+        buf = bytearray(n * CELL)
+        _batch_struct(n).pack_into(buf, 0, *args)  # headers, zero tag slots, data
+        rng = self._rng
+        for off, ln in short:  # random padding, as build_relay_payload(pad=rng)
+            buf[off + ln : off - (HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE) + CELL] = rng(RELAY_DATA_MAX - ln)
         self._fwd[hop].encrypt(buf, originate=True)
         for i in range(hop - 1, -1, -1):
             self._fwd[i].encrypt(buf)
