@@ -70,6 +70,11 @@ from qudag_core.onion.streams import (
 )
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
 
+
+def link_frame_size(config: LinkConfig) -> int:
+    """The largest message the link carries in one frame (``channel.max_frame_size``)."""
+    return int(config.channel.max_frame_size)
+
 __all__ = [
     "DirectoryEntry",
     "RelayDirectory",
@@ -84,8 +89,9 @@ __all__ = [
 
 log = logging.getLogger("qudag.onion")
 
-#: Cells per link message at most (64 KiB frames hold 64 cells; leave room).
-MAX_BATCH = 32
+#: Cells per link message at most: one AEAD frame per message, so fuller messages mean
+#: fewer frames; the link's ``max_frame_size`` caps it further (64 KiB holds 64 cells).
+MAX_BATCH = 64
 #: Pending cells per link above which readers pause (backpressure).
 LINK_HIGH = 512
 #: END reason sent when the service is unknown.
@@ -182,7 +188,15 @@ class _NodeLink:
         self.id = link_id
         self.conn = conn
         self.peer = bytes(conn.peer_node_id)
+        #: Queued output: items of n x 1024 bytes (whole cells), in order.
         self.pending: deque[bytes] = deque()
+        #: Cells in ``pending`` (the backpressure measure).
+        self.pending_cells = 0
+        #: Client circuits of this node that start on this link (none: every cell
+        #: arriving here is for the relay core).
+        self.client_circuits = 0
+        frame = link_frame_size(node.link_config)
+        self._batch_bytes = max(1, min(MAX_BATCH, frame // CELL_SIZE)) * CELL_SIZE
         self._wake: Optional[asyncio.Future[None]] = None
         self._drained = asyncio.Event()
         self._drained.set()
@@ -194,16 +208,19 @@ class _NodeLink:
         if self.closed:
             return
         self.pending.append(cell)
+        self.pending_cells += len(cell) // CELL_SIZE
         self._queued()
 
     def queue_many(self, cells: list) -> None:
+        """Queue items of whole cells (single cells or n x 1024-byte batches)."""
         if self.closed or not cells:
             return
         self.pending.extend(cells)
+        self.pending_cells += sum(len(c) for c in cells) // CELL_SIZE
         self._queued()
 
     def _queued(self) -> None:
-        if len(self.pending) > LINK_HIGH:
+        if self.pending_cells > LINK_HIGH:
             self._drained.clear()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
@@ -219,9 +236,25 @@ class _NodeLink:
                     self._wake = loop.create_future()
                     await self._wake
                     self._wake = None
-                n = min(MAX_BATCH, len(self.pending))
-                batch = b"".join([self.pending.popleft() for _ in range(n)])
-                if len(self.pending) <= LINK_HIGH // 2:
+                # coalesce whatever is queued into one message of up to _batch_bytes
+                pending = self.pending
+                limit = self._batch_bytes
+                parts = []
+                size = 0
+                while pending and size < limit:
+                    item = pending[0]
+                    room = limit - size
+                    if len(item) <= room:
+                        parts.append(pending.popleft())
+                        size += len(item)
+                    else:
+                        mv = memoryview(item)
+                        parts.append(mv[:room])
+                        pending[0] = mv[room:]
+                        size += room
+                self.pending_cells -= size // CELL_SIZE
+                batch = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
+                if self.pending_cells <= LINK_HIGH // 2:
                     self._drained.set()
                 hook = self.node.link_send_hook
                 if hook is not None:
@@ -244,10 +277,9 @@ class _NodeLink:
                     log.debug("link from %s sent a %d-byte message: closing", self.peer.hex()[:8], len(msg))
                     await self.conn.close(1, "onion: not whole cells")
                     break
-                mv = memoryview(msg)
-                node._cells_in(self, [mv[i : i + CELL_SIZE] for i in range(0, len(msg), CELL_SIZE)])
+                node._cells_in(self, msg)
                 for link in list(node._links_by_id.values()):
-                    if len(link.pending) > LINK_HIGH:
+                    if link.pending_cells > LINK_HIGH:
                         await asyncio.wait_for(link.wait_writable(), 30.0)
         except (ConnectionClosed, asyncio.TimeoutError):
             pass
@@ -430,21 +462,52 @@ class OnionNode:
 
     # -- cells in ------------------------------------------------------------------------
 
-    def _cells_in(self, link: _NodeLink, cells: list) -> None:
+    def _cells_in(self, link: _NodeLink, msg: bytes) -> None:
+        """One link message (n whole cells): runs of cells for one of our client circuits
+        go to it, everything else to the relay core, each as one batch call."""
         now = time.monotonic()
-        for cell in cells:
-            circ_id = int.from_bytes(cell[:4], "big")
-            client = self._client_circs.get((link.id, circ_id))
-            if client is not None:
-                client._receive(cell, now)
-            elif self.is_relay:
-                events = self.relay.receive_cell(link.id, cell, now)
+        lid = link.id
+        if not link.client_circuits:
+            if self.is_relay:
+                events = self.relay.receive_cells(lid, msg, now)
                 if events:
                     self._relay_events(events)
+            self._flush()
+            return
+        mv = memoryview(msg)
+        n = len(msg) // CELL_SIZE
+        clients = self._client_circs
+        i = 0
+        while i < n:
+            circ_id = int.from_bytes(mv[i * CELL_SIZE : i * CELL_SIZE + 4], "big")
+            client = clients.get((lid, circ_id))
+            j = i + 1
+            if client is not None:
+                while j < n and int.from_bytes(mv[j * CELL_SIZE : j * CELL_SIZE + 4], "big") == circ_id:
+                    j += 1
+                client._receive(mv[i * CELL_SIZE : j * CELL_SIZE], now)
+            else:
+                while j < n and (lid, int.from_bytes(mv[j * CELL_SIZE : j * CELL_SIZE + 4], "big")) not in clients:
+                    j += 1
+                if self.is_relay:
+                    events = self.relay.receive_cells(lid, mv[i * CELL_SIZE : j * CELL_SIZE], now)
+                    if events:
+                        self._relay_events(events)
+            i = j
         self._flush()
 
     def _relay_events(self, events: list) -> None:
+        run: list = []  # consecutive exit messages of one circuit: handled as one batch
         for ev in events:
+            if type(ev) is ExitMessageReceived:
+                if run and (run[0].link_id != ev.link_id or run[0].circ_id != ev.circ_id):
+                    self._exit_messages(run)
+                    run = []
+                run.append(ev)
+                continue
+            if run:
+                self._exit_messages(run)
+                run = []
             if isinstance(ev, ExitMessageReceived):
                 self._exit_message(ev)
             elif isinstance(ev, LinkNeeded):
@@ -453,6 +516,8 @@ class OnionNode:
                 ex = self._exits.pop((ev.link_id, ev.circ_id), None)
                 if ex is not None:
                     ex.closed(CircuitError(ev.reason, True))
+        if run:
+            self._exit_messages(run)
 
     async def _open_next(self, node_id: bytes) -> None:
         try:
@@ -463,6 +528,13 @@ class OnionNode:
         else:
             self._relay_events(self.relay.link_ready(node_id, link.id, time.monotonic()))
         self._flush()
+
+    def _exit_messages(self, evs: list) -> None:
+        key = (evs[0].link_id, evs[0].circ_id)
+        ex = self._exits.get(key)
+        if ex is None:
+            ex = self._exits[key] = _ExitCircuit(self, key[0], key[1])
+        ex.receive_many(evs)
 
     def _exit_message(self, ev: ExitMessageReceived) -> None:
         key = (ev.link_id, ev.circ_id)
@@ -475,23 +547,28 @@ class OnionNode:
 
     def _flush(self) -> None:
         """Relay core -> (filter) -> mixer -> links; then re-arm the node's one timer."""
-        out = self.relay.cells_to_send()
         links = self._links_by_id
         filt = self.cell_filter
+        if filt is not None or not self._mix_passthrough:
+            out = self.relay.cells_to_send()  # per-cell: the filter and the mixer see cells
+        else:
+            out = self.relay.batches_to_send()
         if filt is not None:
             out = [(lid, filt(links[lid].peer if lid in links else b"", cell)) for lid, cell in out]
         if self._mix_passthrough:
-            for link_id, cell in out:
+            touched = set()
+            for link_id, cells in out:
                 link = links.get(link_id)
                 if link is not None and not link.closed:
-                    link.pending.append(cell)
-            for link in links.values():
-                if link.pending:
-                    link._queued()
+                    link.pending.append(cells)
+                    link.pending_cells += len(cells) // CELL_SIZE
+                    touched.add(link)
+            for link in touched:
+                link._queued()
         else:
             now = time.monotonic()
             for link_id, cell in out:
-                if not self.mixer.push((link_id, cell[:4]), cell, now):
+                if not self.mixer.push((link_id, bytes(cell[:4])), cell, now):
                     log.warning("mixer full: cell dropped (the circuit will fail its integrity check)")
             for (link_id, _), cell in self.mixer.cells_to_send(now):
                 link = links.get(link_id)
@@ -722,18 +799,24 @@ class _StreamOwner:
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
         raise NotImplementedError
 
+    def _emit_many(self, msgs: list) -> None:
+        for cmd, sid, data in msgs:
+            self._emit(cmd, sid, data)
+
     def _first_link(self) -> Optional[_NodeLink]:
         raise NotImplementedError
 
     def pump(self, flush: bool = True) -> None:
-        for cmd, sid, data in self.mux.messages_to_send():
+        msgs = self.mux.messages_to_send()
+        for cmd, sid, data in msgs:
             if cmd == RelayCommand.DATA:
                 st = self.streams.get(sid)
                 if st is not None:
                     st._sent_cell(len(data))
             elif cmd == RelayCommand.END:
                 self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
-            self._emit(cmd, sid, data)
+        if msgs:
+            self._emit_many(msgs)
         self._emitted()
         if flush and not self.is_client:
             self.node._flush()  # exit replies went into the relay core
@@ -758,7 +841,7 @@ class _StreamOwner:
 
     async def wait_link_writable(self) -> None:
         link = self._first_link()
-        if link is not None and len(link.pending) > LINK_HIGH:
+        if link is not None and link.pending_cells > LINK_HIGH:
             await asyncio.wait_for(link.wait_writable(), 30.0)
 
     def handle(self, command: Any, sid: int, data: bytes) -> list:
@@ -806,6 +889,9 @@ class _ExitCircuit(_StreamOwner):
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
         self.node.relay.send_backward(self.link_id, self.circ_id, cmd, sid, data)
 
+    def _emit_many(self, msgs: list) -> None:
+        self.node.relay.send_backward_batch(self.link_id, self.circ_id, msgs)
+
     def _first_link(self) -> Optional[_NodeLink]:
         return self.node._links_by_id.get(self.link_id)
 
@@ -817,6 +903,51 @@ class _ExitCircuit(_StreamOwner):
         except CellError as e:
             self.node._relay_events(self.node.relay.destroy(self.link_id, self.circ_id, e.error_code or 1))
             return
+        self._requests(events)
+        self.pump(flush=False)  # called from _cells_in, which flushes once per batch
+
+    def receive_many(self, evs: list) -> None:
+        """``receive`` for a run of ``ExitMessageReceived``: DATA takes a short path (same
+        mux checks, one wake-up per stream), the replies go out in one pump."""
+        mux = self.mux
+        streams = self.streams
+        woken = set()
+        DATA = RelayCommand.DATA
+        i = 0
+        n = len(evs)
+        while i < n:
+            if self.error is not None:
+                return
+            ev = evs[i]
+            cmd = ev.command
+            try:
+                if cmd is DATA:  # a run of DATA for one stream: one mux call
+                    sid = ev.stream_id
+                    j = i + 1
+                    while j < n and evs[j].command is DATA and evs[j].stream_id == sid:
+                        j += 1
+                    got, err = mux.receive_data_run(sid, [e.data for e in evs[i:j]])
+                    st = streams.get(sid)
+                    if got and st is not None:
+                        st._rx.extend(got)
+                        woken.add(st)
+                    if err is not None:
+                        raise err
+                    i = j
+                    continue
+                i += 1
+                events = self.handle(cmd, ev.stream_id, ev.data)
+            except CellError as e:
+                for st in woken:
+                    st._wake_rx()
+                self.node._relay_events(self.node.relay.destroy(self.link_id, self.circ_id, e.error_code or 1))
+                return
+            self._requests(events)
+        for st in woken:
+            st._wake_rx()
+        self.pump(flush=False)
+
+    def _requests(self, events: list) -> None:
         for ev in events:
             if isinstance(ev, StreamRequested):
                 handler = self.node._services.get(ev.target)
@@ -828,7 +959,6 @@ class _ExitCircuit(_StreamOwner):
                 self.streams[ev.stream_id] = st
                 self.mux.accept(ev.stream_id)
                 self.node._spawn(self._serve(handler, st))
-        self.pump(flush=False)  # called from _cells_in, which flushes once per batch
 
     async def _serve(self, handler: Callable[[OnionStream], Awaitable[None]], st: OnionStream) -> None:
         try:
@@ -886,10 +1016,13 @@ class OnionCircuit(_StreamOwner):
         self._send_cells()
 
     def _send_cells(self) -> None:
-        self.link.queue_many(self._core.cells_to_send())
+        self.link.queue_many(self._core.batches_to_send())
 
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
         self._core.send_relay(self._core.hops - 1, cmd, sid, data)
+
+    def _emit_many(self, msgs: list) -> None:
+        self._core.send_relay_batch(self._core.hops - 1, msgs)  # one layer call per hop
 
     def _emitted(self) -> None:
         self._send_cells()  # once per pump: one extend of the link queue
@@ -901,8 +1034,9 @@ class OnionCircuit(_StreamOwner):
         self._core.send_relay(self._core.hops - 1 if hop is None else hop, RelayCommand.DROP, 0, bytes(data))
         self._send_cells()
 
-    def _receive(self, cell: Any, now: float) -> None:
-        for ev in self._core.receive_cell(cell, now):
+    def _receive(self, cells: Any, now: float) -> None:
+        """``cells``: one or more whole cells of this circuit (part of a link message)."""
+        for ev in self._core.receive_cells(cells, now):
             if isinstance(ev, RelayMessageReceived):
                 if ev.hop != self._core.hops - 1:
                     continue  # only the last hop carries our streams
@@ -935,7 +1069,8 @@ class OnionCircuit(_StreamOwner):
         if self._core.state != "CLOSED":
             self._core.destroy(exc.reason)
             self._send_cells()
-        self.node._client_circs.pop((self.link.id, self.circ_id), None)
+        if self.node._client_circs.pop((self.link.id, self.circ_id), None) is not None:
+            self.link.client_circuits -= 1
         if not self.built.done():
             self.built.set_exception(exc)
             self.built.exception()
@@ -1000,6 +1135,7 @@ class OnionClient:
                 break
         circ = OnionCircuit(node, link, circ_id, chosen)
         node._client_circs[(link.id, circ_id)] = circ
+        link.client_circuits += 1
         circ._start()
         node._rearm()
         try:

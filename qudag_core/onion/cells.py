@@ -127,18 +127,19 @@ class UnexpectedCell(CellError):
     """A well-formed cell whose command is not allowed in the current state."""
 
 
+# code -> member tables: a dict lookup is cheaper than ``Enum(code)`` on the per-cell path.
+_CELL_COMMANDS: dict = {int(c): c for c in CellCommand}
+_RELAY_COMMANDS: dict = {int(c): c for c in RelayCommand}
+
+
 def command_of(code: int) -> AnyCommand:
-    try:
-        return CellCommand(code)
-    except ValueError:
-        return Unrecognized(code)
+    cmd = _CELL_COMMANDS.get(code)
+    return Unrecognized(code) if cmd is None else cmd
 
 
 def relay_command_of(code: int) -> AnyRelayCommand:
-    try:
-        return RelayCommand(code)
-    except ValueError:
-        return Unrecognized(code)
+    cmd = _RELAY_COMMANDS.get(code)
+    return Unrecognized(code) if cmd is None else cmd
 
 
 class Cell:

@@ -6,7 +6,10 @@ the X-Wing handshake of ``handshake.py`` and gets its own forward and backward l
 (``relaycrypto.py``).  At most ``max_hops`` (8) hops: asking for more closes the circuit.
 
 Driving API (one circuit, one link): ``receive_cell(data, now) -> list[Event]``,
-``cells_to_send() -> list[bytes]``, ``get_timer()``, ``handle_timer(now)``.
+``cells_to_send() -> list[bytes]``, ``get_timer()``, ``handle_timer(now)``.  Batch forms for
+the data path: ``send_relay_batch(hop, messages)`` wraps n messages with one layer call per
+hop, ``receive_cells(buf, now)`` peels n cells per layer call, and ``batches_to_send()``
+returns the output as n x 1024-byte items (``cells_to_send`` splits them into cells).
 
 The decision a reader asks about: any fault the peer causes (bad handshake, a cell not
 allowed in this state, a backward cell no layer recognises) closes the circuit, queues a
@@ -15,6 +18,7 @@ The closed state is sticky: later cells are dropped unread.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from qudag_core.errors import LocalProtocolError
@@ -23,6 +27,8 @@ from qudag_core.onion.cells import (
     HEADER_SIZE,
     PAYLOAD_SIZE,
     RELAY_DATA_MAX,
+    RELAY_HEADER_SIZE,
+    TAG_SIZE,
     CellCommand,
     CellError,
     DestroyReason,
@@ -41,6 +47,19 @@ __all__ = ["MAX_HOPS", "HopSpec", "ClientState", "TooManyHops", "ClientCircuit"]
 
 MAX_HOPS = 8
 CELL = 1024
+_RELAY = int(CellCommand.RELAY)
+_CIRC_CMD_HDR = struct.Struct(">IB")
+_BATCH_STRUCTS: dict = {}
+
+
+def _batch_struct(n: int) -> struct.Struct:
+    """n relay cells: circ id, RELAY, zero tag slot, relay header, data (zero-filled)."""
+    st = _BATCH_STRUCTS.get(n)
+    if st is None:
+        st = struct.Struct(">" + f"IB{TAG_SIZE}xBHH{RELAY_DATA_MAX}s" * n)
+        if len(_BATCH_STRUCTS) < 256:
+            _BATCH_STRUCTS[n] = st
+    return st
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +201,41 @@ class ClientCircuit:
             raise LocalProtocolError("use extend()")
         self._send_relay(hop, command, stream_id, data)
 
+    def send_relay_batch(self, hop: int, messages) -> None:
+        """Queue ``(command, stream_id, data)`` relay messages for hop ``hop``: the same
+        cells ``send_relay`` would make one by one, wrapped with one call per layer."""
+        self._move("send")
+        if not 0 <= hop < self.hops:
+            raise LocalProtocolError(f"no hop {hop}")
+        n = len(messages)
+        if n == 0:
+            return
+        cid = self.circ_id
+        args: list = []
+        short: list = []  # (offset, length) of cells whose data leaves padding to fill
+        off = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
+        for command, stream_id, data in messages:
+            if command == RelayCommand.EXTEND:
+                raise LocalProtocolError("use extend()")
+            ln = len(data)
+            if ln > RELAY_DATA_MAX:
+                raise ValueError(f"relay data {ln} > {RELAY_DATA_MAX}")
+            if not 0 <= stream_id <= 0xFFFF:
+                raise ValueError("stream_id out of range")
+            args += (cid, _RELAY, int(command), stream_id, ln, data if type(data) is bytes else bytes(data))
+            if ln < RELAY_DATA_MAX:
+                short.append((off, ln))
+            off += CELL
+        buf = bytearray(n * CELL)
+        _batch_struct(n).pack_into(buf, 0, *args)  # headers, zero tag slots, data
+        rng = self._rng
+        for off, ln in short:  # random padding, as build_relay_payload(pad=rng)
+            buf[off + ln : off - (HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE) + CELL] = rng(RELAY_DATA_MAX - ln)
+        self._fwd[hop].encrypt(buf, originate=True)
+        for i in range(hop - 1, -1, -1):
+            self._fwd[i].encrypt(buf)
+        self._out.append(buf)
+
     def _send_relay(self, hop: int, command, stream_id: int, data: bytes) -> None:
         cell = build_cell(self.circ_id, CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
         self._fwd[hop].encrypt(cell, originate=True)
@@ -208,6 +262,13 @@ class ClientCircuit:
         self._rotate_at = None
 
     def cells_to_send(self) -> list[bytes]:
+        """Queued cells, one 1024-byte cell per item, in order."""
+        out, self._out = self._out, []
+        return [bytes(c[i : i + CELL]) for c in out for i in range(0, len(c), CELL)]
+
+    def batches_to_send(self) -> list:
+        """Queued output as n x 1024-byte items, in order (one link message each, or
+        split by the adapter)."""
         out, self._out = self._out, []
         return out
 
@@ -220,6 +281,70 @@ class ClientCircuit:
             return self._receive(data, now)
         except CellError as e:
             return self.destroy(e.error_code or DestroyReason.PROTOCOL)
+
+    def receive_cells(self, buf, now: float) -> list:
+        """Batch form of ``receive_cell`` for n whole cells: consecutive RELAY cells of this
+        circuit are peeled with one call per layer (a cell recognised at hop i is not
+        decrypted further, exactly as cell by cell).  Same events as ``receive_cell`` per
+        cell; a trailing partial cell is dropped."""
+        mv = memoryview(buf).cast("B")
+        n = len(mv) // CELL
+        events: list = []
+        i = 0
+        prefix = _CIRC_CMD_HDR.pack(self.circ_id, _RELAY)
+        while i < n:
+            if self.state != S.OPEN:  # while extending, a reply may add a layer: cell by cell
+                events += self.receive_cell(mv[i * CELL : (i + 1) * CELL], now)
+                i += 1
+                continue
+            j = i
+            while j < n and mv[j * CELL : j * CELL + HEADER_SIZE] == prefix:
+                j += 1
+            if j == i:
+                events += self.receive_cell(mv[i * CELL : (i + 1) * CELL], now)
+                i += 1
+                continue
+            events += self._receive_run(bytearray(mv[i * CELL : j * CELL]), now)
+            i = j
+        return events
+
+    def _receive_run(self, run: bytearray, now: float) -> list:
+        n = len(run) // CELL
+        found = [-1] * n  # hop that recognised each cell
+        todo = list(range(n))
+        for h in range(self.hops):
+            if not todo:
+                break
+            if len(todo) == n and h == 0:
+                flags = self._bwd[0].decrypt(run)
+                pending = todo
+            else:
+                # only cells still unrecognised go on: gather them, peel, scatter back
+                sub = bytearray(b"".join(run[k * CELL : (k + 1) * CELL] for k in todo))
+                flags = self._bwd[h].decrypt(sub)
+                for idx, k in enumerate(todo):
+                    run[k * CELL : (k + 1) * CELL] = sub[idx * CELL : (idx + 1) * CELL]
+                pending = todo
+            todo = []
+            for idx, k in enumerate(pending):
+                if flags[idx]:
+                    found[k] = h
+                else:
+                    todo.append(k)
+        events: list = []
+        mv = memoryview(run)
+        for k in range(n):
+            if self.state == S.CLOSED:
+                break
+            if found[k] < 0:
+                events += self.destroy(DestroyReason.INTEGRITY)
+                break
+            try:
+                events += self._relay_from(found[k], bytearray(mv[k * CELL : (k + 1) * CELL]), now)
+            except CellError as e:
+                events += self.destroy(e.error_code or DestroyReason.PROTOCOL)
+                break
+        return events
 
     def _receive(self, data: bytes, now: float) -> list:
         cell = parse_cell(data, ALLOWED_CELLS[self.state])

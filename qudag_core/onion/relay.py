@@ -1,7 +1,9 @@
 """Relay side of circuits: a sans-IO table of circuits across links (docs/onion.md §3).
 
 Driving API: ``receive_cell(link_id, data, now) -> list[Event]``, ``cells_to_send() ->
-list[(link_id, bytes)]``, ``link_ready / link_failed / link_closed``, ``get_timer()``,
+list[(link_id, bytes)]``, and their batch forms ``receive_cells(link_id, buf, now)`` (any
+number of whole cells, e.g. one link message) and ``batches_to_send() -> list[(link_id,
+bytes)]`` (each item n x 1024 bytes of cells for one link, in order), ``link_ready / link_failed / link_closed``, ``get_timer()``,
 ``handle_timer(now)``.  Links are opaque ids chosen by the adapter.
 
 Each circuit has a *prev* side (toward the client) and, once extended, a *next* side.
@@ -18,6 +20,7 @@ relay on the path could lie about it, and such a relay could extend it anyway.
 from __future__ import annotations
 
 import heapq
+import struct
 
 from qudag_core.crypto import XWingPrivateKey
 from qudag_core.onion import handshake as hs
@@ -26,6 +29,8 @@ from qudag_core.onion.cells import (
     HEADER_SIZE,
     PAYLOAD_SIZE,
     RELAY_DATA_MAX,
+    RELAY_HEADER_SIZE,
+    TAG_SIZE,
     Cell,
     CellCommand,
     CellError,
@@ -44,6 +49,11 @@ from qudag_core.onion.relaycrypto import BACKWARD, FORWARD, new_layer
 __all__ = ["RelayState", "OnionRelay"]
 
 CELL = 1024
+_RELAY = int(CellCommand.RELAY)
+# relay header of a cell at offset 0 of a cell buffer: skip circ id, command and tag
+_RELAY_HDR_AT = struct.Struct(">" + "x" * (HEADER_SIZE + TAG_SIZE) + "BHH")
+_DATA_AT = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
+_FAST_EXIT = {int(c): c for c in (RelayCommand.DATA, RelayCommand.SENDME, RelayCommand.END, RelayCommand.BEGIN)}
 
 
 class RelayState:
@@ -74,6 +84,22 @@ ALLOWED_RELAY: dict[str, frozenset] = {
     R.EXPECT_CREATED: _EXIT_CMDS,
     R.EXTENDED: _EXIT_CMDS,
 }
+
+
+_STRUCTS: dict = {}
+
+
+def _cell_struct(per_cell: str, n: int) -> struct.Struct:
+    """A big-endian Struct repeating ``per_cell`` (1024 bytes' worth) ``n`` times: one C
+    call reads a header field of every cell in a batch (never used to write: ``x``
+    would zero the bytes it skips)."""
+    key = (per_cell, n)
+    st = _STRUCTS.get(key)
+    if st is None:
+        st = struct.Struct(">" + per_cell * n)
+        if len(_STRUCTS) < 1024:
+            _STRUCTS[key] = st
+    return st
 
 
 class _Circuit:
@@ -133,6 +159,20 @@ class OnionRelay:
         return len(self._circuits)
 
     def cells_to_send(self) -> list[tuple[object, bytes]]:
+        """Queued cells, one 1024-byte cell per item, in order."""
+        out, self._out = self._out, []
+        cells: list[tuple[object, bytes]] = []
+        for link_id, data in out:
+            if len(data) == CELL:
+                cells.append((link_id, bytes(data)))
+            else:
+                for i in range(0, len(data), CELL):
+                    cells.append((link_id, bytes(data[i : i + CELL])))
+        return cells
+
+    def batches_to_send(self) -> list[tuple[object, bytes]]:
+        """Queued output as ``(link_id, n x 1024 bytes)`` items, in order: runs of relay
+        cells that arrived together leave together (one item), ready for one link message."""
         out, self._out = self._out, []
         return out
 
@@ -162,6 +202,107 @@ class OnionRelay:
             return self._from_next(circ, cell, data, now)
         except CellError as e:
             return self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+
+    def receive_cells(self, link_id, buf, now: float) -> list:
+        """Batch form of ``receive_cell`` for ``buf`` holding n whole cells (one link
+        message).  Consecutive RELAY cells of one circuit side are peeled with ONE layer
+        call and forwarded as one output item; every other cell goes through
+        ``receive_cell``.  Same events, same output bytes, same order as calling
+        ``receive_cell`` cell by cell.  A length that is not a multiple of the cell size
+        drops the trailing partial cell (the link framer delivers whole cells)."""
+        mv = memoryview(buf).cast("B")
+        n = len(mv) // CELL
+        events: list = []
+        sides = self._sides
+        heads = _cell_struct("5s1019x", n).unpack_from(mv)  # every cell's circ id + command
+        i = 0
+        while i < n:
+            base = i * CELL
+            head = heads[i]
+            cid = int.from_bytes(head[:CIRC_ID_SIZE], "big")
+            entry = sides.get((link_id, cid))
+            if entry is None or head[CIRC_ID_SIZE] != _RELAY:
+                events += self.receive_cell(link_id, mv[base : base + CELL], now)
+                i += 1
+                continue
+            circ, side = entry
+            state = circ.state
+            if side == _N and state != R.EXTENDED or side == _P and state == R.EXPECT_CREATE:
+                events += self.receive_cell(link_id, mv[base : base + CELL], now)
+                i += 1
+                continue
+            if i == 0 and heads.count(head) == n:
+                j = n  # the usual link message: all one circuit
+            else:
+                j = i + 1
+                while j < n and heads[j] == head:
+                    j += 1
+            run = bytearray(mv[base : j * CELL])
+            if side == _P:
+                events += self._forward_run(circ, run, now)
+            else:
+                circ.bwd.encrypt(run)
+                self._relabel(run, circ.prev[1])
+                self._out.append((circ.prev[0], run))
+            i = j
+        return events
+
+    @staticmethod
+    def _relabel(run: bytearray, circ_id: int) -> None:
+        cid = circ_id.to_bytes(CIRC_ID_SIZE, "big")
+        for off in range(0, len(run), CELL):
+            run[off : off + CIRC_ID_SIZE] = cid
+
+    def _forward_run(self, circ: _Circuit, run: bytearray, now: float) -> list:
+        """Peel a run of forward RELAY cells with one call; forward the unrecognised ones
+        in contiguous slices (EXTENDED), handle the recognised ones in order."""
+        flags = circ.fwd.decrypt(run)
+        if circ.state == R.EXTENDED and b"\x01" not in flags:
+            self._relabel(run, circ.next[1])
+            self._out.append((circ.next[0], run))
+            return []
+        events: list = []
+        mv = memoryview(run)
+        k = 0
+        n = len(flags)
+        while k < n:
+            if self._circuits.get(circ.prev) is not circ:
+                break  # destroyed by an earlier cell of the run: the rest is dropped
+            if flags[k]:
+                base = k * CELL
+                code, sid, length = _RELAY_HDR_AT.unpack_from(run, base)
+                if code in _FAST_EXIT and length <= RELAY_DATA_MAX:
+                    # stream traffic (allowed in every state that has a fwd layer): the
+                    # event straight from the header, no intermediate RelayMessage
+                    events.append(
+                        ExitMessageReceived(
+                            link_id=circ.prev[0],
+                            circ_id=circ.prev[1],
+                            command=_FAST_EXIT[code],
+                            stream_id=sid,
+                            data=bytes(mv[base + _DATA_AT : base + _DATA_AT + length]),
+                        )
+                    )
+                    k += 1
+                    continue
+                try:
+                    events += self._recognised(circ, bytearray(mv[base : base + CELL]), now)
+                except CellError as e:
+                    events += self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+                    break
+                k += 1
+                continue
+            if circ.state != R.EXTENDED:
+                events += self._destroy(circ, DestroyReason.INTEGRITY)
+                break
+            m = k + 1
+            while m < n and not flags[m]:
+                m += 1
+            piece = bytearray(mv[k * CELL : m * CELL])
+            self._relabel(piece, circ.next[1])
+            self._out.append((circ.next[0], piece))
+            k = m
+        return events
 
     def _new_circuit(self, key, cell: Cell, now: float) -> list:
         if cell.command != CellCommand.CREATE or cell.circ_id == 0:
@@ -271,6 +412,22 @@ class OnionRelay:
 
             raise LocalProtocolError("no open circuit there")
         self._send_backward(circ, command, stream_id, data)
+
+    def send_backward_batch(self, link_id, circ_id: int, messages) -> None:
+        """``send_backward`` for a list of ``(command, stream_id, data)``: the same cells,
+        wrapped with one layer call and queued as one output item."""
+        circ = self._circuits.get((link_id, circ_id))
+        if circ is None or circ.bwd is None:
+            from qudag_core.errors import LocalProtocolError
+
+            raise LocalProtocolError("no open circuit there")
+        if not messages:
+            return
+        buf = bytearray()
+        for command, stream_id, data in messages:
+            buf += build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        circ.bwd.encrypt(buf, originate=True)
+        self._out.append((circ.prev[0], buf))
 
     def destroy(self, link_id, circ_id: int, reason: int = DestroyReason.REQUESTED) -> list:
         """Tear down circuit ``(link_id, circ_id)`` from the exit's side (e.g. its stream

@@ -260,6 +260,33 @@ class StreamMux:
             return [StreamEnded(stream_id=stream_id, reason=data[0] if data else 0)]
         raise StreamError(f"relay command {command!r} not handled by streams")
 
+    def receive_data_run(self, stream_id: int, chunks: list) -> tuple:
+        """Batch form of ``receive_message(DATA, stream_id, chunk)`` for each chunk in
+        order, without one ``StreamData`` event per cell: returns ``(delivered, error)``,
+        the chunks those events would have carried and the ``StreamError`` that the first
+        violating chunk would have raised (``None`` if none; later chunks are not
+        looked at, as cell by cell)."""
+        if not chunks:
+            return [], None
+        if stream_id == 0:
+            return [], StreamError("DATA needs a stream id")
+        st = self._streams.get(stream_id)
+        if st is None:
+            return [], None  # stream already closed locally: late cells are dropped
+        if not st.open:
+            return [], StreamError("DATA before the stream opened")
+        auto = self._auto
+        n = 0
+        for _ in chunks:
+            if st.deliver <= 0 or self.circ_deliver <= 0:
+                return chunks[:n], StreamError("DATA beyond the flow-control window")
+            st.deliver -= 1
+            self.circ_deliver -= 1
+            if auto:
+                self._consumed(stream_id, st, 1)
+            n += 1
+        return chunks, None
+
     def _sendme(self, stream_id: int) -> list:
         if stream_id == 0:
             if self.circ_package + CIRCUIT_INCREMENT > CIRCUIT_WINDOW:
