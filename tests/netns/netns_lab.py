@@ -361,25 +361,28 @@ def _probe_json(lab: NatMatrixLab, ns: str, role: str, out: str, *args: str, tim
         return json.load(f)
 
 
-def probe_filtering(lab: NatMatrixLab, kind: str, port: int) -> tuple:
-    """Install ``kind`` on NAT A; the inner host sends from UDP ``port`` to 203.0.113.1:7101,
-    and the relay host answers from .1:7101, .1:7102 and .5:7101.  Returns the mapped
-    source the relay host saw and the set of answers that got through."""
-    lab.set_nat("a", kind)
+def probe_filtering(lab: NatMatrixLab, kind: str, port: int, *, primary: str = "203.0.113.1",
+                    other: str = "203.0.113.5", rport: int = 7101, install: bool = True) -> tuple:
+    """Install ``kind`` on NAT A (unless ``install`` is False); the inner host sends from
+    UDP ``port`` to ``primary:rport``, and the relay host answers from that endpoint,
+    from ``primary:rport+1`` and from ``other:rport``.  Returns the mapped source the
+    relay host saw and the set of answers that got through."""
+    import json
+
+    if install:
+        lab.set_nat("a", kind)
     tag = f"filt-{kind}-{port}"
     out = lab.spawn(lab.relay_ns, [PROBE, "outside", "--out", os.path.join(lab.workdir, tag + "-out.json"),
-                                   "--primary", "203.0.113.1:7101", "--other-port", "203.0.113.1:7102",
-                                   "--other-addr", "203.0.113.5:7101", "--seconds", "4"],
+                                   "--primary", f"{primary}:{rport}", "--other-port", f"{primary}:{rport + 1}",
+                                   "--other-addr", f"{other}:{rport}", "--seconds", "4"],
                     os.path.join(lab.workdir, tag + "-out.log"))
     try:
         time.sleep(0.3)  # let the outside bind before the first datagram (it is resent anyway)
         inside = _probe_json(lab, lab.peer_ns["a"], "inside", tag + "-in.json", "--port", str(port),
-                             "--to", "203.0.113.1:7101", "--seconds", "2.5")
+                             "--to", f"{primary}:{rport}", "--seconds", "2")
         out.wait(6)
     finally:
         lab.stop(out)
-    import json
-
     with open(os.path.join(lab.workdir, tag + "-out.json")) as f:
         mapped = json.load(f)["mapped"]
     return mapped, set(inside["received"])

@@ -60,6 +60,13 @@ def test_nat_model_filtering_probe(lab, kind):
     else:
         assert mapped[1] == port  # endpoint-independent mapping that keeps the port
     assert received == EXPECTED[kind][2], received
+    if kind == "address_dependent":
+        # The filter is per mapping (RFC 4787 §5), not per host: a second mapping that has
+        # only sent to .5 does not admit .1, which the first mapping contacted.
+        mapped2, received2 = probe_filtering(lab, kind, port + 10, primary="203.0.113.5",
+                                             other="203.0.113.1", rport=7111, install=False)
+        assert mapped2 == [lab.public_ip["a"], port + 10]
+        assert received2 == {"same", "other_port"}, received2
 
 
 @pytest.mark.parametrize("kind", KINDS)
