@@ -2,7 +2,9 @@
 peer behind NAT A holds an authenticated post-quantum link to a peer behind NAT B.
 
 Measured inside the dialer process (``establish`` start to return), for a punched direct
-link through full-cone and port-restricted NATs and for the relay path (symmetric NAT).
+link through endpoint-independent, address-dependent and port-restricted (address-and-
+port-dependent filtering) NATs and for the relay path (one side behind a symmetric NAT,
+the other address-dependent or port-restricted).
 The baseline measured in the same session is the dialer's own direct link to the public
 relay node across its NAT (TCP connect + PQ handshake with a known certificate + one
 RESERVE round trip); the ratio is establish / baseline.
@@ -29,7 +31,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "netns"))
 from netns_lab import LabUnavailable, NatMatrixLab, run_pair, start_matrix  # noqa: E402
 
-CASES = [("full_cone", "full_cone"), ("port_restricted", "port_restricted"), ("port_restricted", "symmetric")]
+CASES = [("endpoint_independent", "endpoint_independent"), ("address_dependent", "address_dependent"),
+         ("port_restricted", "port_restricted"), ("address_dependent", "symmetric"),
+         ("port_restricted", "symmetric")]
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ class Lab:
         """Raise ``LabUnavailable`` (with the reason) when namespaces cannot be made here."""
         if os.geteuid() != 0:
             raise LabUnavailable("network namespaces need root")
-        for tool in ("ip", "iptables"):
+        for tool in ("ip", "iptables", "nft"):
             if shutil.which(tool) is None:
                 raise LabUnavailable(f"{tool} not installed")
         name = "qdprobe" + secrets.token_hex(3)
@@ -116,19 +116,43 @@ def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
 
 
 # -- the NAT matrix topology --------------------------------------------------------------
-#: How each modelled NAT is made with iptables inside its router namespace.
-#:  * full_cone (EIM + EIF): MASQUERADE keeps the source port, and a static DNAT sends any
-#:    inbound TCP to the ephemeral range on to the single inner host.
+#: How each modelled NAT is made inside its router namespace (RFC 4787 terms; the
+#: classification is measured, not assumed: tests/netns/test_nat_matrix.py runs RFC 5780
+#: discovery against coturn and a direct per-mapping probe through each model).
+#:  * endpoint_independent ("full cone", EIM + EIF): MASQUERADE keeps the source port, and
+#:    a static DNAT sends any inbound TCP/UDP to the ephemeral range on to the inner host.
+#:  * address_dependent (EIM + address-dependent filtering): the same MASQUERADE + DNAT,
+#:    plus an nftables forward filter: every packet the inner host sends records
+#:    (remote address, protocol, mapped port) in a dynamic set with a 120 s timeout, and a
+#:    new inbound flow that only exists because of the DNAT (ct status dnat) is admitted
+#:    when (its source address, protocol, destination port) is in that set, from ANY
+#:    source port of that address; anything else the DNAT would let in is dropped.
+#:    MASQUERADE keeps ports, so the inner port is the mapping's external port.
 #:  * port_restricted (EIM + address-and-port-dependent filtering): plain MASQUERADE;
 #:    conntrack lets in only replies from the exact remote endpoint.
 #:  * symmetric (APDM): MASQUERADE --random-fully, a fresh random port per destination.
+_EIM_DNAT = ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
+             "iptables -t nat -A PREROUTING -i wan -p tcp --dport 20000:65535 -j DNAT --to-destination {inner}",
+             "iptables -t nat -A PREROUTING -i wan -p udp --dport 20000:65535 -j DNAT --to-destination {inner}"]
+ADF_TABLE = "qdadf"
 NAT_RULES = {
-    "full_cone": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
-                  "iptables -t nat -A PREROUTING -i wan -p tcp --dport 20000:65535 -j DNAT --to-destination {inner}",
-                  "iptables -t nat -A PREROUTING -i wan -p udp --dport 20000:65535 -j DNAT --to-destination {inner}"],
+    "endpoint_independent": _EIM_DNAT,
+    "address_dependent": _EIM_DNAT + [
+        f"nft 'add table ip {ADF_TABLE}'",
+        f"nft 'add set ip {ADF_TABLE} contacted {{ type ipv4_addr . inet_proto . inet_service;"
+        " flags dynamic,timeout; timeout 120s; size 65535; }'",
+        f"nft 'add chain ip {ADF_TABLE} filter_in {{ type filter hook forward priority 0; policy accept; }}'",
+        f"nft 'add rule ip {ADF_TABLE} filter_in iifname \"lan\" oifname \"wan\" meta l4proto {{ tcp, udp }}"
+        " update @contacted { ip daddr . meta l4proto . th sport }'",
+        f"nft 'add rule ip {ADF_TABLE} filter_in iifname \"wan\" ct state established,related accept'",
+        f"nft 'add rule ip {ADF_TABLE} filter_in iifname \"wan\" ct status dnat meta l4proto {{ tcp, udp }}"
+        " ip saddr . meta l4proto . th dport @contacted accept'",
+        f"nft 'add rule ip {ADF_TABLE} filter_in iifname \"wan\" ct status dnat drop'",
+    ],
     "port_restricted": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE"],
     "symmetric": ["iptables -t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully"],
 }
+NAT_RULES["full_cone"] = NAT_RULES["endpoint_independent"]  # the older name
 
 
 class NatMatrixLab(Lab):
@@ -158,13 +182,14 @@ class NatMatrixLab(Lab):
     def set_nat(self, side: str, kind: str) -> None:
         nat = self.nat_ns[side]
         self.sh(nat, "iptables -t nat -F && iptables -F")
+        self.sh(nat, f"nft 'add table ip {ADF_TABLE}' && nft 'delete table ip {ADF_TABLE}'")
         # Routers drop unsolicited inbound traffic to themselves: an early SYN of a
         # simultaneous open is then lost (and retransmitted), not refused with RST, and an
         # early UDP probe leaves no confirmed conntrack entry behind (one would make
         # MASQUERADE pick another port for our own later packets to that peer).
         self.sh(nat, "iptables -A INPUT -i wan -p tcp -j DROP && iptables -A INPUT -i wan -p udp -j DROP")
         for rule in NAT_RULES[kind]:
-            self.sh(nat, rule.format(inner=self.inner_ip[side]))
+            self.sh(nat, rule.replace("{inner}", self.inner_ip[side]))
 
 
 # -- the UPnP topology --------------------------------------------------------------------
@@ -286,3 +311,85 @@ def run_pair(lab: NatMatrixLab, kind_a: str, kind_b: str, tag: str, port_offset:
     finally:
         lab.stop(a)
         lab.stop(b)
+
+
+# -- measuring a NAT model ------------------------------------------------------------------
+PROBE = os.path.join(REPO, "tests", "netns", "nat_probe.py")
+#: coturn in the relay namespace: RFC 5780 needs two addresses; the relay host has one
+#: towards each NAT (203.0.113.1 and .5).  Ports beside the relay's own STUN server (3478).
+COTURN_PORT = 3480
+
+
+def start_coturn(lab: NatMatrixLab) -> bool:
+    """Start coturn (STUN only, CHANGE-REQUEST capable) in the relay namespace; False when
+    ``turnserver`` is not installed or does not answer within 10 s."""
+    if shutil.which("turnserver") is None:
+        return False
+    w = lab.workdir
+    cmd = ["ip", "netns", "exec", lab.relay_ns, "turnserver", "-n", "--no-cli", "--log-file=stdout",
+           "--simple-log", "--listening-ip=203.0.113.1", "--listening-ip=203.0.113.5",
+           f"--listening-port={COTURN_PORT}", f"--alt-listening-port={COTURN_PORT + 1}", "--no-tls", "--no-dtls",
+           "--no-tcp", "--stun-only", f"--userdb={os.path.join(w, 'turn.db')}",
+           f"--pidfile={os.path.join(w, 'turn.pid')}"]
+    log = open(os.path.join(w, "turn.log"), "wb")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    log.close()
+    lab.procs.append(p)
+    lab.coturn = p
+    # Ready when all four endpoints (2 addresses x 2 ports) are bound (coturn binds each
+    # once per UDP thread, hence the distinct count).
+    return wait_for(lambda: p.poll() is None and lab.sh(
+        lab.relay_ns, f"ss -Hlun 'sport >= :{COTURN_PORT} and sport <= :{COTURN_PORT + 1}'"
+        " | awk '{print $4}' | sort -u | wc -l", check=False).stdout.strip() == "4", 10, 0.2)
+
+
+def _probe_json(lab: NatMatrixLab, ns: str, role: str, out: str, *args: str, timeout: float = 10.0) -> dict:
+    import json
+
+    path = os.path.join(lab.workdir, out)
+    p = lab.spawn(ns, [PROBE, role, "--out", path, *args], path + ".log")
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        lab.stop(p)
+    if not os.path.exists(path):
+        raise AssertionError(f"{role} probe wrote nothing: {open(path + '.log').read()[-2000:]}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def probe_filtering(lab: NatMatrixLab, kind: str, port: int, *, primary: str = "203.0.113.1",
+                    other: str = "203.0.113.5", rport: int = 7101, install: bool = True) -> tuple:
+    """Install ``kind`` on NAT A (unless ``install`` is False); the inner host sends from
+    UDP ``port`` to ``primary:rport``, and the relay host answers from that endpoint,
+    from ``primary:rport+1`` and from ``other:rport``.  Returns the mapped source the
+    relay host saw and the set of answers that got through."""
+    import json
+
+    if install:
+        lab.set_nat("a", kind)
+    tag = f"filt-{kind}-{port}"
+    out = lab.spawn(lab.relay_ns, [PROBE, "outside", "--out", os.path.join(lab.workdir, tag + "-out.json"),
+                                   "--primary", f"{primary}:{rport}", "--other-port", f"{primary}:{rport + 1}",
+                                   "--other-addr", f"{other}:{rport}", "--seconds", "4"],
+                    os.path.join(lab.workdir, tag + "-out.log"))
+    try:
+        time.sleep(0.3)  # let the outside bind before the first datagram (it is resent anyway)
+        inside = _probe_json(lab, lab.peer_ns["a"], "inside", tag + "-in.json", "--port", str(port),
+                             "--to", f"{primary}:{rport}", "--seconds", "2")
+        out.wait(6)
+    finally:
+        lab.stop(out)
+    with open(os.path.join(lab.workdir, tag + "-out.json")) as f:
+        mapped = json.load(f)["mapped"]
+    return mapped, set(inside["received"])
+
+
+def discover_behaviour(lab: NatMatrixLab, kind: str, port: int) -> dict:
+    """Install ``kind`` on NAT A and run our RFC 5780 discovery against the lab's coturn."""
+    lab.set_nat("a", kind)
+    return _probe_json(lab, lab.peer_ns["a"], "discover", f"disc-{kind}-{port}.json", "--port", str(port),
+                       "--server", f"203.0.113.1:{COTURN_PORT}", "--seconds", "8", timeout=12)
