@@ -174,6 +174,7 @@ class DarkClient:
         self.max_links = max_links
         self.clock = clock
         self._links: OrderedDict = OrderedDict()  # node id -> _Link
+        self._connecting: dict = {}  # node id -> Future[_Link] while dialing
         self._inflight: dict = {}  # DarkAddress -> Future[Resolved | ResolveFailed]
 
     # ------------------------------------------------------------------ storage nodes
@@ -197,11 +198,26 @@ class DarkClient:
         if lk is not None and not lk.conn.is_closed:
             self._links.move_to_end(node_id)
             return lk
-        cert = self.directory[node_id]
-        host, port = cert.addresses[0]
-        conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
-                             expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout)
+        pending = self._connecting.get(node_id)
+        if pending is not None:  # another request is dialing this node: share its link
+            return await asyncio.shield(pending)
+        pending = self._connecting[node_id] = asyncio.get_running_loop().create_future()
+        try:
+            cert = self.directory[node_id]
+            host, port = cert.addresses[0]
+            conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
+                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout)
+        except BaseException as exc:
+            err = DarkError(f"cannot link to storage node: {exc!r}")
+            pending.set_exception(err)
+            pending.exception()  # retrieved; sharers re-raise it
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise err from None
+        finally:
+            del self._connecting[node_id]
         lk = self._links[node_id] = _Link(conn)
+        pending.set_result(lk)
         while len(self._links) > self.max_links:
             _, old = self._links.popitem(last=False)
             old.conn.abort()

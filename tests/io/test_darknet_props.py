@@ -11,7 +11,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qudag_core.dark import DarkService, NotFound, Publisher, PutStatus
+from qudag_core.dark import DarkService, NotFound, Publisher, PutStatus, Resolver
+from qudag_core.dark.descriptor import descriptor_index, lookup_periods
 from qudag_core.identity import Identity
 from qudag_core.krpc import bencode
 from qudag_core.krpc import messages as M
@@ -95,3 +96,41 @@ def test_garbage_from_every_storage_node_is_a_declared_failure(run_loop):
             await net.close()
 
     run_loop(main, 60)
+
+
+def test_concurrent_fetches_share_links_and_unreachable_nodes_fail_cleanly(run_loop):
+    """Dummy fetches and the real one go out together: one link per storage node (none
+    leaked), and a storage node whose listener is gone is a failed fetch, not a crash."""
+
+    async def main():
+        net = await start_loopback_network(8)
+        sc = net.client(1)
+        client = net.client(6, resolver=Resolver(os.urandom, dummies=3))
+        try:
+            await sc.publish(Publisher(_DESC, os.urandom))
+            ep = await client.resolve(_DESC.address)
+            assert ep.certificate.node_id == SERVICE.node_id
+            await client.close()  # dummies may have linked to every node already
+            fresh = next(nid for nid in net.directory if nid != net.dhts[6].node_id)
+            a, b = await asyncio.gather(client._link(fresh), client._link(fresh))
+            assert a is b and not a.conn.is_closed
+            # every other node's link listener goes away: fetches fail, NotFound is declared
+            for lst in net.listeners[:6] + net.listeners[7:]:
+                await lst.close()
+            await client.close()
+            client.resolver = type(client.resolver)(os.urandom)
+            try:
+                await client.resolve(_DESC.address)
+            except NotFound:
+                pass
+            else:  # only possible if the client's own node holds it (one of the k closest
+                # to the index of one of the periods looked up)
+                assert any(net.servers[6].store.get(descriptor_index(_DESC.address, p))
+                           for p in lookup_periods(time.time()))
+        finally:
+            await client.close()
+            await sc.close()
+            await net.close()
+
+    run_loop(main, 60)
+
