@@ -14,8 +14,9 @@ network, same run (uvloop):
   descriptor bytes (what a miss adds on top of fetching), and ``sig`` the two ML-DSA
   verifications alone.
 
-Goal: ``(miss - verify) / get <= 1.5``.  Medians are printed and stored in
-``extra_info``.
+Goal: ``(miss - verify) / get <= 1.5``.  Medians and lower quartiles are printed and
+stored in ``extra_info`` (on a loaded machine samples that lose the CPU jump by whole
+scheduler ticks; the lower quartile shows the uncontended cost).
 
 Run: ``PYTHONPATH=. /work/devvenv/bin/python -m pytest benches/bench_darknet.py -q -s``
 """
@@ -110,12 +111,20 @@ def test_resolve_vs_plain_get(benchmark):
         finally:
             r.run(net.close())
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    # Lower quartile too: on a shared machine a sample that loses the CPU gains whole
+    # scheduler ticks (4 ms steps, seen on get and miss alike); the quartile shows the
+    # uncontended cost.
+    q1 = {k: statistics.quantiles(v, n=4)[0] * 1e3 for k, v in times.items()}
     ratio = (med["miss"] - med["verify"]) / med["get"]
+    ratio_q1 = (q1["miss"] - q1["verify"]) / q1["get"]
     ratio_cold = (med["miss_cold"] - med["verify"]) / med["get"]
     benchmark.extra_info.update({f"{k}_ms": round(v, 3) for k, v in med.items()})
+    benchmark.extra_info.update({f"{k}_q1_ms": round(v, 3) for k, v in q1.items()})
     benchmark.extra_info["miss_minus_verify_over_get"] = round(ratio, 3)
+    benchmark.extra_info["miss_minus_verify_over_get_q1"] = round(ratio_q1, 3)
     benchmark.extra_info["cold_miss_minus_verify_over_get"] = round(ratio_cold, 3)
     print("\nmedian ms: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
-    print(f"(miss - verify) / get = {ratio:.2f} (goal <= 1.5); cold links: {ratio_cold:.2f}; "
-          f"miss / hit = {med['miss'] / med['hit']:.0f}x")
+    print("lower quartile ms: " + ", ".join(f"{k} {v:.3f}" for k, v in q1.items()))
+    print(f"(miss - verify) / get = {ratio:.2f} median, {ratio_q1:.2f} lower quartile (goal <= 1.5); "
+          f"cold links: {ratio_cold:.2f}; miss / hit = {med['miss'] / med['hit']:.0f}x")
     assert med["hit"] < med["miss"]
