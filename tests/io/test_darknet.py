@@ -3,8 +3,11 @@
 uvloop.  Publishing and resolving use real ``find_node`` lookups and real authenticated
 links; connecting by ``.dark`` name runs the real handshake.
 
-The descriptor codec's 100,000 random mutations and the cache behaviour are covered by
-tests/core/dark (test_dark_descriptor.py, test_dark_resolver.py); here the attacks are
+The descriptor codec's 100,000 random mutations are covered by
+tests/core/dark/test_dark_descriptor.py::test_hundred_thousand_mutations_all_rejected and
+the cache behaviour by tests/core/dark/test_dark_resolver.py (test_cache_hits_and_expiry,
+test_negative_cache_shorter_ttl, test_failed_fetches_not_cached,
+test_cache_is_bounded_lru); here the attacks are
 replayed through the network: rollback (store and client), a descriptor served for
 another index, and a forgery at the real index."""
 from __future__ import annotations
