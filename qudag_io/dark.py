@@ -1,0 +1,427 @@
+"""Dark addresses over the real DHT: publish, resolve and connect by ``.dark`` name
+(docs/dark.md §8), on uvloop or asyncio.
+
+Publishing finds the ``k`` DHT nodes closest to a descriptor's blinded index with a UDP
+``find_node`` lookup (``qudag_io.dht.DhtNode``), opens authenticated links to them
+(``qudag_io.link``) and stores the descriptor with ``dark_put``.  Resolving drives the
+sans-IO ``qudag_core.dark.Resolver``: every ``FetchDescriptors(index)`` it yields is
+answered by the same lookup plus ``dark_get`` over links to the ``k`` closest nodes, and
+the union of what they return is fed back.  ``connect_dark`` then dials the endpoint with
+``peer_certificate`` and ``expected_peer_id`` from the verified descriptor, so the
+handshake proves the peer is the identity the address commits to.
+
+Storing side: ``DescriptorServer`` runs on a DHT node's link listener.  It answers
+``dark_get``/``dark_put`` from a ``qudag_core.dark.DescriptorStore`` (several descriptors
+per index, revision/rollback rules, forgeries never evict a stored descriptor) and hands
+every other message to ``DhtNode.core.receive_link_message`` (``qd_get``/``qd_put`` and
+ordinary KRPC keep working on the same link).
+
+Wire format (KRPC-shaped, one bencoded message per link message, links only -- never UDP)::
+
+    {"t": tid, "y": "q", "q": "dark_put", "a": {"d": descriptor}}
+        -> {"t": tid, "y": "r", "r": {"s": PutStatus value}}
+    {"t": tid, "y": "q", "q": "dark_get", "a": {"x": index(20), "i": slot}}
+        -> {"t": tid, "y": "r", "r": {"n": descriptors at index, "d": descriptor #slot}}  ("d" only if slot < n)
+    errors: {"t": tid, "y": "e", "e": [203, "message"]}
+
+Decision a reader asks about: how a node id found by ``find_node`` becomes a link
+endpoint.  UDP contacts carry no certificate, so the adapter takes a ``directory``
+mapping DHT node id -> the ``NodeCertificate`` of that node's link listener (in the
+loopback network below it is filled when the nodes start; in a deployment it would be
+filled from ``RecordType.NODE_CERTIFICATE`` qd records or the node's bootstrap list).
+Nodes missing from the directory are skipped.  No write token is needed for
+``dark_put``: the link already authenticates the writer, and the store's own rules
+(and the ML-DSA signature it checks) decide what is kept.  A ``dark_get`` returns one
+descriptor per message (``i``), because a descriptor may be ~70 KB and eight of them
+would not fit one frame.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from qudag_core.dark import (DarkAddress, DarkEndpoint, DescriptorStore, FetchDescriptors, Publisher,
+                             PutStatus, Resolved, ResolveError, ResolveFailed, Resolver, parse_name)
+from qudag_core.dark.descriptor import MAX_DESCRIPTOR_SIZE
+from qudag_core.identity import Identity, NodeCertificate
+from qudag_core.krpc import bencode
+from qudag_core.krpc.errors import BencodeError
+from qudag_core.link import LinkConfig
+from qudag_io.dht import DhtError, DhtNode
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+
+__all__ = ["DarkError", "DescriptorServer", "DarkClient", "DarkNetwork", "connect_dark", "DARK_LINK_CONFIG",
+           "start_loopback_network"]
+
+DARK_GET = b"dark_get"
+DARK_PUT = b"dark_put"
+#: Largest link message this protocol sends or accepts: one descriptor plus framing.
+MAX_MESSAGE = MAX_DESCRIPTOR_SIZE + 256
+#: Link limits for dark storage links: the default 64 KiB frame is below MAX_DESCRIPTOR_SIZE.
+DARK_LINK_CONFIG = LinkConfig(channel=dataclasses.replace(LinkConfig().channel, max_frame_size=96 * 1024))
+#: Slots read per ``fetch`` from one node (a store holds at most 8 per index).
+MAX_SLOTS = 16
+
+
+class DarkError(Exception):
+    """A dark operation failed for a reason other than resolution (no storage node
+    reachable, a descriptor too large to send, an unsupported option)."""
+
+
+def _error(tid: bytes, code: int, msg: str) -> bytes:
+    return bencode.encode({b"t": tid, b"y": b"e", b"e": [code, msg.encode()]})
+
+
+class DescriptorServer:
+    """The storing side: dark descriptors on top of a DHT node's link handler."""
+
+    def __init__(self, dht: DhtNode, store: Optional[DescriptorStore] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.dht = dht
+        self.store = store if store is not None else DescriptorStore()
+        self.clock = clock
+        self.puts: dict = {}  # PutStatus -> count, for tests and metrics
+
+    def descriptors_at(self, index: bytes, now: float) -> list:
+        """What ``dark_get`` serves for ``index`` (tests override this to play a
+        malicious storage node)."""
+        return self.store.get(index, now)
+
+    def handle(self, data: bytes, peer_addr: tuple) -> Optional[bytes]:
+        """One link message in, the reply (or None) out.  Anything that is not a dark
+        query goes to the KRPC node unchanged."""
+        try:
+            msg = bencode.decode(data, MAX_MESSAGE)
+        except BencodeError:
+            msg = None
+        if not (isinstance(msg, dict) and msg.get(b"y") == b"q" and msg.get(b"q") in (DARK_GET, DARK_PUT)):
+            return self.dht.core.receive_link_message(data, peer_addr, self.dht._loop.time())
+        tid = msg.get(b"t")
+        if not isinstance(tid, bytes) or not 1 <= len(tid) <= 16:
+            return None
+        a = msg.get(b"a")
+        if not isinstance(a, dict):
+            return _error(tid, 203, "missing a")
+        now = self.clock()
+        if msg[b"q"] == DARK_PUT:
+            d = a.get(b"d")
+            if not isinstance(d, bytes):
+                return _error(tid, 203, "missing d")
+            status = self.store.put(d, now)
+            self.puts[status] = self.puts.get(status, 0) + 1
+            return bencode.encode({b"t": tid, b"y": b"r", b"r": {b"s": status.value.encode()}})
+        index, slot = a.get(b"x"), a.get(b"i", 0)
+        if not isinstance(index, bytes) or len(index) != 20 or not isinstance(slot, int) or not 0 <= slot < MAX_SLOTS:
+            return _error(tid, 203, "bad x or i")
+        held = self.descriptors_at(index, now)
+        r: dict = {b"n": len(held)}
+        if slot < len(held):
+            r[b"d"] = held[slot]
+        return bencode.encode({b"t": tid, b"y": b"r", b"r": r})
+
+    async def serve_link(self, conn: Connection, peer_addr: Optional[tuple] = None) -> None:
+        """Answer messages on ``conn`` until it closes (use as, or inside, a listener handler)."""
+        addr = peer_addr or conn.remote_address[:2]
+        try:
+            while True:
+                data = await conn.recv()
+                reply = self.handle(data, addr)
+                self.dht._process()  # KRPC handling may have queued datagrams or events
+                if reply is not None:
+                    await conn.send(reply)
+        except ConnectionClosed:
+            return
+
+
+class _Link:
+    __slots__ = ("conn", "lock")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = asyncio.Lock()
+
+
+def _distance(a: bytes, b: bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+class DarkClient:
+    """Publish and resolve dark descriptors through a running ``DhtNode``.
+
+    ``directory`` maps DHT node ids to link certificates (see the module docstring);
+    ``local`` is this node's own ``DescriptorServer``, consulted when this node is itself
+    among the ``k`` closest.  Links to storage nodes are pooled (``max_links``, LRU) and
+    closed by ``close()``."""
+
+    def __init__(self, dht: DhtNode, identity: Identity, directory: Mapping[bytes, NodeCertificate], *,
+                 k: int = 3, resolver: Optional[Resolver] = None, local: Optional[DescriptorServer] = None,
+                 link_timeout: float = 5.0, max_links: int = 32, clock: Callable[[], float] = time.time) -> None:
+        if k < 1 or max_links < 1:
+            raise ValueError("k and max_links must be positive")
+        self.dht = dht
+        self.identity = identity
+        self.directory = directory
+        self.k = k
+        self.resolver = resolver if resolver is not None else Resolver(os.urandom)
+        if self.resolver.via_circuit:
+            raise DarkError("via_circuit fetches need an onion circuit adapter; this one talks to the DHT directly")
+        self.local = local
+        self.link_timeout = link_timeout
+        self.max_links = max_links
+        self.clock = clock
+        self._links: OrderedDict = OrderedDict()  # node id -> _Link
+        self._connecting: dict = {}  # node id -> Future[_Link] while dialing
+        self._inflight: dict = {}  # DarkAddress -> Future[Resolved | ResolveFailed]
+
+    # ------------------------------------------------------------------ storage nodes
+    async def storage_nodes(self, index: bytes) -> list:
+        """The ``k`` nodes closest to ``index`` that we can reach by link (and this node
+        itself when it is one of them): ``[node_id, ...]``, closest first."""
+        try:
+            found = await self.dht.find_node(index)
+            ids = [nid for nid, _ in found.nodes]
+        except DhtError:
+            ids = []
+        if self.local is not None:
+            ids.append(self.dht.node_id)
+        ids = [nid for nid in dict.fromkeys(ids) if nid == self.dht.node_id and self.local is not None
+               or nid in self.directory]
+        ids.sort(key=lambda nid: _distance(nid, index))
+        return ids[:self.k]
+
+    async def _link(self, node_id: bytes) -> _Link:
+        lk = self._links.get(node_id)
+        if lk is not None and not lk.conn.is_closed:
+            self._links.move_to_end(node_id)
+            return lk
+        pending = self._connecting.get(node_id)
+        if pending is not None:  # another request is dialing this node: share its link
+            return await asyncio.shield(pending)
+        pending = self._connecting[node_id] = asyncio.get_running_loop().create_future()
+        try:
+            cert = self.directory[node_id]
+            host, port = cert.addresses[0]
+            conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
+                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout)
+        except BaseException as exc:
+            err = DarkError(f"cannot link to storage node: {exc!r}")
+            pending.set_exception(err)
+            pending.exception()  # retrieved; sharers re-raise it
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise err from None
+        finally:
+            del self._connecting[node_id]
+        lk = self._links[node_id] = _Link(conn)
+        pending.set_result(lk)
+        while len(self._links) > self.max_links:
+            _, old = self._links.popitem(last=False)
+            old.conn.abort()
+        return lk
+
+    async def _call(self, node_id: bytes, q: bytes, args: dict) -> Any:
+        """One dark query to ``node_id`` (locally when it is us); returns the ``r`` dict."""
+        tid = os.urandom(4)
+        data = bencode.encode({b"t": tid, b"y": b"q", b"q": q, b"a": args})
+        if node_id == self.dht.node_id and self.local is not None:
+            reply = self.local.handle(data, ("127.0.0.1", 0))
+        else:
+            lk = await self._link(node_id)
+            async with lk.lock:  # one request at a time per link: replies come in order
+                try:
+                    await lk.conn.send(data)
+                    reply = await asyncio.wait_for(lk.conn.recv(), self.link_timeout)
+                except (ConnectionClosed, asyncio.TimeoutError) as exc:
+                    lk.conn.abort()
+                    raise DarkError(f"storage link failed: {exc}") from None
+        try:
+            msg = bencode.decode(reply or b"", MAX_MESSAGE)
+        except BencodeError as exc:
+            raise DarkError(f"bad reply: {exc}") from None
+        if not isinstance(msg, dict) or msg.get(b"t") != tid:
+            raise DarkError("reply does not match the query")
+        if msg.get(b"y") == b"e":
+            raise DarkError(f"remote error {msg.get(b'e')!r}")
+        r = msg.get(b"r")
+        if msg.get(b"y") != b"r" or not isinstance(r, dict):
+            raise DarkError("malformed reply")
+        return r
+
+    async def put_descriptor(self, index: bytes, data: bytes) -> list:
+        """Store ``data`` on the storage nodes of ``index``; ``[(node_id, PutStatus | DarkError)]``."""
+        if len(data) > MAX_DESCRIPTOR_SIZE:
+            raise DarkError("descriptor larger than MAX_DESCRIPTOR_SIZE")
+        nodes = await self.storage_nodes(index)
+        if not nodes:
+            raise DarkError("no storage node reachable for this index")
+
+        async def one(nid: bytes):
+            try:
+                r = await self._call(nid, DARK_PUT, {b"d": data})
+                s = r.get(b"s")
+                return nid, PutStatus(s.decode()) if isinstance(s, bytes) else DarkError("no status")
+            except (DarkError, ValueError, OSError, asyncio.TimeoutError) as exc:
+                return nid, exc if isinstance(exc, DarkError) else DarkError(str(exc))
+
+        return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+    async def publish(self, publisher: Publisher) -> list:
+        """Put whatever ``publisher.due(now)`` returns; ``[(index, [(node_id, status)])]``."""
+        out = []
+        for index, data in publisher.due(self.clock()):
+            out.append((index, await self.put_descriptor(index, data)))
+        return out
+
+    async def fetch(self, index: bytes) -> Optional[list]:
+        """Every descriptor the storage nodes of ``index`` hold (deduplicated), or None
+        when no storage node answered."""
+        nodes = await self.storage_nodes(index)
+
+        async def one(nid: bytes) -> Optional[list]:
+            got = []
+            try:
+                slot, n = 0, 1
+                while slot < min(n, MAX_SLOTS):
+                    r = await self._call(nid, DARK_GET, {b"x": index, b"i": slot})
+                    n = r.get(b"n")
+                    if not isinstance(n, int):
+                        return None
+                    d = r.get(b"d")
+                    if isinstance(d, bytes):
+                        got.append(d)
+                    slot += 1
+            except (DarkError, OSError, asyncio.TimeoutError):
+                return got or None
+            return got
+
+        answers = await asyncio.gather(*(one(n) for n in nodes))
+        if all(a is None for a in answers):
+            return None
+        return list(dict.fromkeys(d for a in answers if a for d in a))
+
+    # ------------------------------------------------------------------ resolving
+    async def resolve(self, name: Union[str, DarkAddress]) -> DarkEndpoint:
+        """Resolve ``<address>.dark`` to a verified endpoint; raises ``ResolveError``."""
+        address = name if isinstance(name, DarkAddress) else parse_name(name)
+        if not isinstance(address, DarkAddress):
+            raise DarkError("aliases must be resolved to an address first (AliasStore)")
+        fut = self._inflight.get(address)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[address] = fut
+            try:
+                fut.set_result(await self._drive(address))
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as exc:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: waiters re-raise it themselves
+            finally:
+                del self._inflight[address]
+        ev = await asyncio.shield(fut)
+        if isinstance(ev, ResolveFailed):
+            raise ev.error
+        return ev.endpoint
+
+    async def _drive(self, address: DarkAddress) -> Union[Resolved, ResolveFailed]:
+        r = self.resolver
+        events = r.resolve(address, self.clock())
+        for _ in range(64):  # bounded: a lookup is at most 2 periods of fetches
+            for ev in events:
+                if isinstance(ev, (Resolved, ResolveFailed)) and ev.address == address:
+                    return ev
+            fetches = [ev for ev in events if isinstance(ev, FetchDescriptors)]
+            if not fetches:
+                t = r.get_timer()  # a random start delay (max_delay)
+                if t is None:
+                    raise DarkError("resolver stalled")
+                await asyncio.sleep(max(0.0, t - self.clock()))
+                events = r.handle_timer(self.clock())
+                continue
+
+            async def one(ev: FetchDescriptors):
+                try:
+                    return ev, await asyncio.wait_for(self.fetch(ev.index), r.fetch_timeout)
+                except asyncio.TimeoutError:
+                    return ev, None
+
+            events = []
+            for ev, values in await asyncio.gather(*(one(ev) for ev in fetches)):
+                now = self.clock()
+                events += (r.on_fetch_failed(ev.query_id, now) if values is None
+                           else r.on_fetch_result(ev.query_id, values, now))
+        raise DarkError("resolver did not finish")
+
+    async def connect(self, name: Union[str, DarkAddress], *, identity: Optional[Identity] = None,
+                      timeout: float = 10.0, **kw: Any) -> Connection:
+        return await connect_dark(name, self, identity=identity, timeout=timeout, **kw)
+
+    async def close(self) -> None:
+        links, self._links = list(self._links.values()), OrderedDict()
+        await asyncio.gather(*(lk.conn.close(timeout=2.0) for lk in links), return_exceptions=True)
+
+
+async def connect_dark(name: Union[str, DarkAddress], client: DarkClient, *, identity: Optional[Identity] = None,
+                       timeout: float = 10.0, **kw: Any) -> Connection:
+    """Resolve ``name`` with ``client`` and dial the endpoint; the handshake must prove
+    ``endpoint.expected_peer_id``.  ``ConnectionClosed`` if it cannot."""
+    ep = await client.resolve(name)
+    if ep.certificate is None:
+        raise DarkError("the service publishes only intro relays; dialing through them is not implemented")
+    host, port = ep.certificate.addresses[0]
+    return await connect(host, port, identity=identity or client.identity, peer_certificate=ep.certificate,
+                         expected_peer_id=ep.expected_peer_id, timeout=timeout, **kw)
+
+
+# ---------------------------------------------------------------------- loopback network
+@dataclasses.dataclass
+class DarkNetwork:
+    """A loopback network for tests, demos and benchmarks: DHT nodes on 127.0.<i>.1, each
+    with a link listener serving its ``DescriptorServer``; ``directory`` maps DHT node id
+    to listener certificate."""
+
+    dhts: list
+    servers: list
+    listeners: list
+    identities: list
+    directory: dict
+
+    def client(self, i: int, **kw: Any) -> DarkClient:
+        return DarkClient(self.dhts[i], self.identities[i], self.directory, local=self.servers[i], **kw)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(lst.close() for lst in self.listeners), return_exceptions=True)
+        await asyncio.gather(*(d.close() for d in self.dhts), return_exceptions=True)
+
+
+async def start_loopback_network(n: int = 20, *, config: Any = None,
+                                 server_factory: Callable[..., DescriptorServer] = DescriptorServer) -> DarkNetwork:
+    import random
+
+    from qudag_core.krpc.node import NodeConfig
+
+    cfg = config or NodeConfig(query_timeout=1.5)
+    net = DarkNetwork([], [], [], [], {})
+    try:
+        rnd = random.Random(1)
+        for i in range(1, n + 1):
+            boot = [] if i == 1 else [net.dhts[0].address, rnd.choice(net.dhts).address]
+            dht = await DhtNode.start(f"127.0.{i}.1", 0, config=cfg, bootstrap=boot, wait_bootstrap=i > 1)
+            ident = Identity.generate(os.urandom)
+            srv = server_factory(dht)
+            lst = await listen(f"127.0.{i}.1", 0, identity=ident, handler=srv.serve_link, config=DARK_LINK_CONFIG)
+            net.dhts.append(dht)
+            net.servers.append(srv)
+            net.listeners.append(lst)
+            net.identities.append(ident)
+            net.directory[dht.node_id] = lst.certificate
+        await asyncio.gather(*(d.find_node(d.node_id) for d in net.dhts))
+    except BaseException:
+        await net.close()
+        raise
+    return net
