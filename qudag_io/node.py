@@ -111,6 +111,7 @@ class Node:
         self._t0 = time.monotonic()
         self._dht_drops_seen = 0
         self._stopped = False
+        self._addresses: Optional[dict[str, Any]] = None
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -144,6 +145,7 @@ class Node:
                 log.info("DHT bootstrapped: %d nodes in the routing table", size)
         if s.http_enabled:
             self.http = await start_http_server(*s.http_listen, metrics=self.metrics, status_provider=self.status)
+        self._addresses = self._bound_addresses()
 
     def _meter_udp(self, dht: DhtNode) -> None:
         """Count the DHT socket's datagrams by wrapping its transport and protocol."""
@@ -187,10 +189,13 @@ class Node:
             return []
         self._stopped = True
         results: list[str] = []
+        # Peers first, with a reason (an authenticated link CLOSE), all at once and bounded;
+        # then the listener, which also ends links still mid-handshake.
+        if self.peers:
+            await asyncio.gather(*(c.close(0, "node shutting down", timeout=2.0) for c in list(self.peers)),
+                                 return_exceptions=True)
         if self.listener is not None:
-            await self.listener.close()  # closes the handlers, which send CLOSE
-        for conn in list(self.peers):
-            await conn.close(0, "node shutting down", timeout=2.0)
+            await self.listener.close()
         if save:
             snap = self.snapshot()
             for hook in self.save_hooks:
@@ -275,6 +280,12 @@ class Node:
 
     # -- status and state ----------------------------------------------------------------
     def addresses(self) -> dict[str, Any]:
+        """Bound addresses (recorded at start, so still answerable after :meth:`stop`)."""
+        if self._addresses is None:
+            self._addresses = self._bound_addresses()
+        return self._addresses
+
+    def _bound_addresses(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.listener is not None:
             out["link"] = [list(a) for a in self.listener.addresses]
@@ -294,6 +305,7 @@ class Node:
             "addresses": self.addresses(),
             "peers": [{"node_id": c.peer_node_id.hex(), "direction": d.value, "address": list(c.remote_address[:2])}
                       for c, d in self.peers.items()],
+            "running": not self._stopped,
             "routing_table_size": len(self.dht.core.table) if self.dht else 0,
             "stored_records": len(self.dht.core.store) if self.dht and hasattr(self.dht.core.store, "__len__") else None,
             "circuits": {"active": 0, "relay": False, "note": "onion not wired into the node runtime yet"},
