@@ -16,13 +16,12 @@ What runs (``await Node.start(identity, settings)``):
 
 The decision a reader would ask about: **where metrics come from without editing the
 adapters.**  The node counts at its own boundary: link connections, handshake outcomes
-of the links it dials (a failed dial's exception is classified by its handshake error
-code), application message bytes on links (payload bytes, ``transport="tcp"``), every
+(a failed dial's exception, or a failed inbound handshake reported by the listener's
+``on_handshake_failed`` hook, is classified by its handshake error code), application message bytes on links (payload bytes, ``transport="tcp"``), every
 UDP datagram of the DHT socket (by wrapping the datagram transport's ``sendto`` and the
 protocol's ``datagram_received`` after ``DhtNode.start``: wire bytes, ``transport="udp"``),
 the DHT core's rate-limiter drops (read from the core's counter), and the operations the
-node starts.  Inbound handshakes that fail never leave ``qudag_io.link.listen`` (no hook),
-so ``handshakes_failed`` counts outbound failures only; documented in docs/cli.md.
+node starts.
 
 Onion relaying is not wired in yet (``settings.relay`` is refused by the config); the
 circuit metrics stay at zero.  Persistence is not this module's: :attr:`Node.save_hooks`
@@ -126,7 +125,8 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
-        self.listener = await listen(*s.link_listen, identity=self.identity, handler=self._on_link)
+        self.listener = await listen(*s.link_listen, identity=self.identity, handler=self._on_link,
+                                     on_handshake_failed=self._inbound_handshake_failed)
         self.certificate = self.listener.certificate
         boot = list(dict.fromkeys([*s.bootstrap, *self.restore_contacts]))
         # The DHT id is derived from the identity so the node keeps its place in the keyspace.
@@ -238,6 +238,9 @@ class Node:
         finally:
             self.peers.pop(conn, None)
             self.metrics.connection_closed(direction)
+
+    def _inbound_handshake_failed(self, exc: ConnectionClosed) -> None:
+        self.metrics.handshake_failed(classify_handshake_failure(exc))
 
     async def dial(self, host: str, port: int, *, peer_id: Optional[bytes] = None,
                    peer_certificate: Optional[NodeCertificate] = None, timeout: float = 10.0) -> Connection:

@@ -204,3 +204,27 @@ def test_parse_hostport_declared_errors_only(text):
     except ConfigError:
         return
     assert 0 <= port <= 65535 and host
+
+
+def test_inbound_handshake_failure_counted_by_reason(run):
+    async def main():
+        n = await Node.start(Identity.generate(os.urandom), NodeSettings(http_enabled=False))
+        try:
+            h, p = n.listener.addresses[0]
+            r, w = await asyncio.open_connection(h, p)
+            w.write(b"\xff" * 300)  # not a handshake message
+            await w.drain()
+            assert await asyncio.wait_for(r.read(), 5) != b""  # an alert, then the close
+            w.close()
+            for _ in range(50):  # bounded: the listener's task records it right after the close
+                text = n.metrics.render().decode()
+                if _metric(text, 'qudag_handshakes_failed_total{reason="bad_message"}') == 1.0:
+                    break
+                await asyncio.sleep(0.02)
+            assert _metric(text, 'qudag_handshakes_failed_total{reason="bad_message"}') == 1.0
+            assert _metric(text, "qudag_handshakes_ok_total") == 0.0
+            assert n.status()["peers"] == []
+        finally:
+            await n.stop()
+
+    run(main())
