@@ -46,6 +46,7 @@ log = logging.getLogger("qudag.cli")
 
 READY_FILE = "node.json"
 CERT_FILE = "node.cert"
+ONION_CERT_FILE = "onion.cert"
 
 
 class CliError(Exception):
@@ -132,6 +133,8 @@ def _settings_from_args(args: argparse.Namespace) -> NodeSettings:
         ("dht", "listen"): args.listen_udp,
         ("dht", "bootstrap"): args.bootstrap,
         ("onion", "relay"): args.relay,
+        ("onion", "listen"): args.onion_listen,
+        ("onion", "directory"): args.onion_directory,
         ("http", "listen"): args.metrics,
         ("http", "enabled"): False if args.no_http else None,
     }
@@ -154,6 +157,8 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
     # node.save_hooks / node.restore_contacts here.  Until then nothing is saved.
     data_dir = settings.resolved_data_dir()
     _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
+    if node.onion is not None:
+        _write_private(os.path.join(data_dir, ONION_CERT_FILE), node.onion.certificate.to_bytes())  # type: ignore[union-attr]
     ready = {"event": "ready", "node_id": identity.node_id.hex(), "pid": os.getpid(), **node.addresses()}
     _write_private(os.path.join(data_dir, READY_FILE), json.dumps(ready).encode())
     print(json.dumps(ready), flush=True)
@@ -369,7 +374,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"peers          {len(st['peers'])}")
     for p in st["peers"]:
         print(f"  {p['node_id'][:16]}... {p['direction']} {p['address']}")
-    print(f"circuits       {st['circuits'].get('active', 0)} ({st['circuits'].get('note', '')})")
+    c = st["circuits"]
+    print(f"onion relay    {'yes' if c.get('relay') else 'no'}; circuits relayed {c.get('relayed_circuits', 0)}")
     return 0
 
 
@@ -385,6 +391,7 @@ class _Testnet:
         self.procs: list[subprocess.Popen] = []
         self.info: list[dict] = []
         self.timings: list[tuple[str, float, str]] = []
+        self.directory_path = os.path.join(self.tmp, "relays.json")
 
     def say(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f}s] {msg}", flush=True)
@@ -411,7 +418,8 @@ class _Testnet:
     def spawn(self, i: int, bootstrap: list[tuple[str, int]]) -> None:
         d = self.dir(i)
         s = NodeSettings(keystore=os.path.join(d, "key"), passphrase_file=self.pwfile, data_dir=d,
-                         bootstrap=bootstrap, bootstrap_timeout=10.0)
+                         bootstrap=bootstrap, bootstrap_timeout=10.0, relay=True,
+                         onion_directory=self.directory_path)
         cfg = os.path.join(d, "node.toml")
         with open(cfg, "w") as f:
             f.write(dump_toml(s))
@@ -502,6 +510,39 @@ async def _testnet_exercise(net: _Testnet) -> None:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
 
+    # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
+    # directory file lists every node's relay certificate; each relay re-reads it when it
+    # needs a next hop it does not know.
+    from qudag_io.node import FileDirectory, write_directory
+    from qudag_io.onion import OnionClient, OnionNode
+
+    if net.n < 3:
+        net.say("3-hop circuit: skipped (needs at least 3 nodes)")
+        return
+    certs = []
+    for i in range(net.n):
+        with open(os.path.join(net.dir(i), ONION_CERT_FILE), "rb") as f:
+            certs.append(NodeCertificate.from_bytes(f.read()))
+    write_directory(net.directory_path, certs)
+    t = time.monotonic()
+    client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(net.directory_path), relay=False)
+    try:
+        circ = await OnionClient(client, per_subnet=None).build_circuit(hops=3, timeout=min(30.0, net.left()))
+        hops = [certs.index(next(c for c in certs if bytes(c.node_id) == n)) for n in circ.node_ids]
+        net.step("3-hop circuit", t, "through nodes " + " -> ".join(f"{h:02d}" for h in hops))
+        t = time.monotonic()
+        payload = secrets.token_bytes(64 * 1024)
+        stream = await circ.open_stream(circ.exit_node_id, "echo", timeout=min(30.0, net.left()))
+        await stream.send(payload)
+        back = await asyncio.wait_for(stream.readexactly(len(payload)), net.left())
+        await stream.close()
+        await circ.close()
+        if back != payload:
+            raise CliError("the echo through the circuit did not match")
+        net.step("circuit stream", t, f"{len(payload) // 1024} KiB echoed by node {hops[-1]:02d}")
+    finally:
+        await client.close()
+
 
 def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
     if nodes < 2:
@@ -530,7 +571,6 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
             net.say("dark address: not yet available (the dark-address module is not merged)")
         else:
             net.say("dark address: module present but not yet wired into the testnet")
-        net.say("3-hop circuit: not yet available (onion relaying is not wired into `qudag node run`)")
         statuses = []
         for i in range(nodes):
             h, p = net.info[i]["http"]
@@ -596,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-tcp", metavar="HOST:PORT", help="link listen address")
     p.add_argument("--listen-udp", metavar="HOST:PORT", help="DHT listen address")
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="DHT node to join through (repeatable)")
-    p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=None, help="onion relay (not wired yet)")
+    p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=None, help="run an onion relay")
+    p.add_argument("--onion-listen", metavar="HOST:PORT", help="onion relay listen address")
+    p.add_argument("--onion-directory", metavar="FILE", help="relay directory file (JSON list of hex certificates)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics/status HTTP address (default 127.0.0.1:0)")
     p.add_argument("--no-http", action="store_true", help="no metrics/status server")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

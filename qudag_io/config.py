@@ -51,7 +51,9 @@ REFERENCE: dict[tuple[str, str], tuple[type, Any, str]] = {
     ("dht", "listen"): (str, "127.0.0.1:0", "UDP address of the KRPC/Kademlia DHT node."),
     ("dht", "bootstrap"): (list, [], "DHT nodes to join through, as \"HOST:PORT\" (UDP) strings."),
     ("dht", "bootstrap_timeout"): (float, 10.0, "Seconds to wait for the initial bootstrap before running anyway."),
-    ("onion", "relay"): (bool, False, "Act as an onion relay (not wired into the node runtime yet: refused if true)."),
+    ("onion", "relay"): (bool, False, "Run an onion relay (own TCP listener) that also serves the \"echo\" stream service."),
+    ("onion", "listen"): (str, "127.0.0.1:0", "TCP address of the onion relay's link listener."),
+    ("onion", "directory"): (str, "", "Relay directory file (JSON list of hex certificates), re-read when a relay is not in it."),
     ("http", "listen"): (str, "127.0.0.1:0", "Metrics/status HTTP address; loopback by default (/status lists peers)."),
     ("http", "enabled"): (bool, True, "Serve /metrics, /status and /healthz."),
 }
@@ -70,6 +72,8 @@ class NodeSettings:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     bootstrap_timeout: float = 10.0
     relay: bool = False
+    onion_listen: tuple[str, int] = ("127.0.0.1", 0)
+    onion_directory: str = ""
     http_listen: tuple[str, int] = ("127.0.0.1", 0)
     http_enabled: bool = True
 
@@ -108,6 +112,10 @@ def _apply(settings: NodeSettings, section: str, key: str, value: Any, where: st
         settings.bootstrap_timeout = value
     elif (section, key) == ("onion", "relay"):
         settings.relay = value
+    elif (section, key) == ("onion", "listen"):
+        settings.onion_listen = parse_hostport(value, what=f"{where}: [onion] listen")
+    elif (section, key) == ("onion", "directory"):
+        settings.onion_directory = value
     elif (section, key) == ("http", "listen"):
         settings.http_listen = parse_hostport(value, what=f"{where}: [http] listen")
     elif (section, key) == ("http", "enabled"):
@@ -137,8 +145,6 @@ def load_config(path: Optional[str], overrides: Optional[dict[tuple[str, str], A
         if value is None:
             continue
         _apply(settings, section, key, _check_type(section, key, value, "command line"), "command line")
-    if settings.relay:
-        raise ConfigError("onion relay is not wired into the node runtime yet; set [onion] relay = false")
     return settings
 
 
@@ -170,7 +176,8 @@ def dump_toml(settings: NodeSettings) -> str:
         f"[link]\nlisten = {q(hp(settings.link_listen))}\n\n"
         f"[dht]\nlisten = {q(hp(settings.dht_listen))}\nbootstrap = [{boot}]\n"
         f"bootstrap_timeout = {settings.bootstrap_timeout!r}\n\n"
-        f"[onion]\nrelay = {'true' if settings.relay else 'false'}\n\n"
+        f"[onion]\nrelay = {'true' if settings.relay else 'false'}\nlisten = {q(hp(settings.onion_listen))}\n"
+        f"directory = {q(settings.onion_directory)}\n\n"
         f"[http]\nlisten = {q(hp(settings.http_listen))}\nenabled = {'true' if settings.http_enabled else 'false'}\n"
     )
 

@@ -23,8 +23,15 @@ protocol's ``datagram_received`` after ``DhtNode.start``: wire bytes, ``transpor
 the DHT core's rate-limiter drops (read from the core's counter), and the operations the
 node starts.
 
-Onion relaying is not wired in yet (``settings.relay`` is refused by the config); the
-circuit metrics stay at zero.  Persistence is not this module's: :attr:`Node.save_hooks`
+With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
+listener** (``settings.onion_listen``): the simplest honest wiring, as the onion adapter
+owns its links (cells only, one link per neighbour) while the node's links carry
+application messages; sharing one listener would need a protocol switch on the link.
+The relay's directory is a :class:`FileDirectory` (certificates in a JSON file, re-read
+when a relay is missing) until relay descriptors are distributed through the DHT; the
+node serves the ``"echo"`` stream service as a circuit's last hop.  ``/status`` reports
+the number of circuits relayed (from the relay core's table).
+Persistence is not this module's: :attr:`Node.save_hooks`
 is the integration point (each hook gets :meth:`Node.snapshot` at shutdown; the
 persistence layer registers one), and :attr:`Node.restore_contacts` takes contacts it
 loaded back before bootstrap.
@@ -32,7 +39,9 @@ loaded back before bootstrap.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from typing import Any, Awaitable, Callable, Optional
 
@@ -42,9 +51,11 @@ from qudag_io.config import NodeSettings
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
 from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
 
-__all__ = ["MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message"]
+__all__ = ["FileDirectory", "MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message",
+           "write_directory"]
 
 log = logging.getLogger("qudag.node")
 
@@ -88,6 +99,86 @@ async def send_message(conn: Connection, data: bytes, *, timeout: float = 10.0) 
     await asyncio.wait_for(ack(), timeout)
 
 
+#: Bytes the "echo" onion service returns at most per stream (bounded work per stream).
+ECHO_LIMIT = 1 << 20
+
+
+def write_directory(path: str, certificates: list[NodeCertificate]) -> None:
+    """Write a relay directory file (JSON list of hex certificates), atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump([c.to_bytes().hex() for c in certificates], f)
+    os.replace(tmp, path)
+
+
+class FileDirectory(RelayDirectory):
+    """A ``RelayDirectory`` read from a file of certificates, re-read if it changed (size
+    or mtime) when a relay is not found in it, and at most once per ``min_interval``
+    seconds when a path is selected.  Certificates that do not verify are skipped.
+
+    This is the static stand-in for a directory distributed through the DHT."""
+
+    def __init__(self, path: str, *, min_interval: float = 0.5) -> None:
+        super().__init__()
+        self.path = path
+        self.min_interval = min_interval
+        self._checked = float("-inf")
+        self._mtime: Optional[tuple[int, int]] = None
+        self.reload()
+
+    def reload(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+            if (st.st_mtime_ns, st.st_size) == self._mtime or st.st_size > (1 << 22):
+                return
+            with open(self.path) as f:
+                items = json.load(f)
+            self._mtime = (st.st_mtime_ns, st.st_size)
+        except (OSError, ValueError):
+            return
+        now = time.time()
+        for item in items if isinstance(items, list) else ():
+            try:
+                cert = NodeCertificate.from_bytes(bytes.fromhex(item))
+                cert.verify(now)
+            except Exception as exc:  # a bad entry is skipped, not fatal
+                log.warning("directory %s: skipping an entry: %s", self.path, type(exc).__name__)
+                continue
+            self.add(DirectoryEntry(cert))
+
+    def _maybe_reload(self) -> None:
+        if time.monotonic() - self._checked >= self.min_interval:
+            self.reload()
+
+    def get(self, node_id: bytes) -> Optional[DirectoryEntry]:
+        e = super().get(node_id)
+        if e is None:
+            self.reload()  # one stat(); the file is only read again if it changed
+            e = super().get(node_id)
+        return e
+
+    def relay_infos(self) -> list:
+        self._maybe_reload()
+        return super().relay_infos()
+
+
+async def echo_service(stream: OnionStream) -> None:
+    """The "echo" onion service: returns what it receives (at most ``ECHO_LIMIT`` bytes)."""
+    total = 0
+    try:
+        while total < ECHO_LIMIT:
+            data = await stream.recv()
+            if not data:
+                break
+            total += len(data)
+            await stream.send(data)
+    except StreamClosed:
+        return
+    finally:
+        await stream.close()
+
+
 class Node:
     """A running qudag node (see the module docstring)."""
 
@@ -104,6 +195,7 @@ class Node:
         self.listener: Optional[Listener] = None
         self.dht: Optional[DhtNode] = None
         self.http: Optional[HttpServer] = None
+        self.onion: Optional[OnionNode] = None
         self.certificate: Optional[NodeCertificate] = None
         self.peers: dict[Connection, Direction] = {}
         self.started_at = time.time()
@@ -143,6 +235,12 @@ class Node:
             else:
                 self.metrics.dht_op(DhtOp.FIND_NODE, DhtOutcome.OK, time.monotonic() - t)
                 log.info("DHT bootstrapped: %d nodes in the routing table", size)
+        if s.relay:
+            directory = FileDirectory(s.onion_directory) if s.onion_directory else RelayDirectory()
+            self.onion = await OnionNode.start(self.identity, directory, host=s.onion_listen[0],
+                                               port=s.onion_listen[1])
+            self.onion.register_service("echo", echo_service)
+            self._meter_onion(self.onion)
         if s.http_enabled:
             self.http = await start_http_server(*s.http_listen, metrics=self.metrics, status_provider=self.status)
         self._addresses = self._bound_addresses()
@@ -173,6 +271,21 @@ class Node:
                 return getattr(self._inner, name)
 
         dht._transport = _CountingTransport(transport)  # type: ignore[assignment]
+
+    def _meter_onion(self, onion: OnionNode) -> None:
+        """Onion link traffic (bytes, ``transport="tcp"``) through the adapter's public
+        per-message hooks.  ``cells_relayed`` is not counted: a link message does not say
+        whether its cells are forwarded or originated here (an exit's replies)."""
+        metrics = self.metrics
+
+        def recv(peer: bytes, message: bytes) -> None:
+            metrics.bytes_received(len(message), Transport.TCP)
+
+        def send(peer: bytes, message: bytes) -> None:
+            metrics.bytes_sent(len(message), Transport.TCP)
+
+        onion.link_recv_hook = recv
+        onion.link_send_hook = send
 
     def _sync_drops(self) -> None:
         if self.dht is None:
@@ -207,6 +320,8 @@ class Node:
                 except Exception as exc:  # a failed save must not prevent the rest of the shutdown
                     log.error("saving state failed: %s", exc)
                     results.append(f"failed: {exc}")
+        if self.onion is not None:
+            await self.onion.close()
         if self.dht is not None:
             await self.dht.close()
         if self.http is not None:
@@ -294,6 +409,8 @@ class Node:
             out["link"] = [list(a) for a in self.listener.addresses]
         if self.dht is not None:
             out["dht"] = list(self.dht.address)
+        if self.onion is not None:
+            out["onion"] = list(self.onion.address)
         if self.http is not None:
             out["http"] = [self.http.host, self.http.port]
         return out
@@ -311,7 +428,9 @@ class Node:
             "running": not self._stopped,
             "routing_table_size": len(self.dht.core.table) if self.dht else 0,
             "stored_records": len(self.dht.core.store) if self.dht and hasattr(self.dht.core.store, "__len__") else None,
-            "circuits": {"active": 0, "relay": False, "note": "onion not wired into the node runtime yet"},
+            "circuits": ({"relay": True, "relayed_circuits": len(self.onion.relay._circuits),
+                          "directory_size": len(self.onion.directory)} if self.onion is not None
+                         else {"relay": False, "relayed_circuits": 0}),
         }
 
     def snapshot(self) -> dict:

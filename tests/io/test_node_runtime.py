@@ -173,7 +173,8 @@ def test_config_file_then_flags(tmp_path):
     ('[link]\nlisten = "h:99999"\n', "out of range"),
     ('[http]\nenabled = "yes"\n', "must be a bool"),
     ('[node]\nlog_level = "loud"\n', "log_level"),
-    ('[onion]\nrelay = true\n', "not wired"),
+    ('[onion]\nrelay = 1\n', "must be a bool"),
+    ('[onion]\nlisten = "x"\n', "is not HOST:PORT"),
     ('[node\n', "not valid TOML"),
 ])
 def test_config_errors(tmp_path, text, needle):
@@ -187,7 +188,8 @@ def test_config_errors(tmp_path, text, needle):
 def test_reference_covers_every_key_and_dump_round_trips(tmp_path):
     s = NodeSettings(keystore='/a "quoted"\\path', passphrase_file="/p", data_dir="/d", log_level="warning",
                      link_listen=("::1", 1), dht_listen=("127.0.0.1", 2), bootstrap=[("::1", 3), ("1.2.3.4", 4)],
-                     bootstrap_timeout=2.5, http_listen=("127.0.0.1", 5), http_enabled=False)
+                     bootstrap_timeout=2.5, http_listen=("127.0.0.1", 5), http_enabled=False, relay=True,
+                     onion_listen=("127.0.0.1", 6), onion_directory="/dir.json")
     cfg = tmp_path / "rt.toml"
     cfg.write_text(dump_toml(s))
     assert load_config(str(cfg)) == s
@@ -228,3 +230,52 @@ def test_inbound_handshake_failure_counted_by_reason(run):
             await n.stop()
 
     run(main())
+
+
+def test_relay_nodes_carry_a_three_hop_circuit(run, tmp_path):
+    from qudag_io.node import FileDirectory, write_directory
+    from qudag_io.onion import OnionClient, OnionNode
+
+    async def main():
+        path = str(tmp_path / "relays.json")
+        relays = [await Node.start(Identity.generate(os.urandom),
+                                   NodeSettings(http_enabled=False, relay=True, onion_directory=path))
+                  for _ in range(3)]
+        client = None
+        try:
+            # Written after the relays started: they re-read the file when a hop is missing.
+            write_directory(path, [r.onion.certificate for r in relays])
+            client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(path), relay=False)
+            circ = await OnionClient(client, per_subnet=None).build_circuit(hops=3)
+            assert sorted(circ.node_ids) == sorted(bytes(r.identity.node_id) for r in relays)
+            stream = await circ.open_stream(circ.exit_node_id, "echo")
+            await stream.send(b"through three relays")
+            assert await stream.readexactly(20) == b"through three relays"
+            middle = next(r for r in relays if bytes(r.identity.node_id) == circ.node_ids[1])
+            st = middle.status()["circuits"]
+            assert st["relay"] is True and st["relayed_circuits"] == 1
+            assert "onion" in middle.addresses()
+            await stream.close()
+            await circ.close()
+        finally:
+            if client is not None:
+                await client.close()
+            for r in relays:
+                await r.stop()
+
+    run(main())
+
+
+def test_file_directory_skips_bad_entries(tmp_path):
+    from qudag_io.node import FileDirectory
+    import json
+
+    ident = Identity.generate(os.urandom)
+    good = ident.issue_certificate([("127.0.0.1", 1)], now=__import__("time").time())
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(["zz", "00" * 10, good.to_bytes().hex()]))
+    d = FileDirectory(str(path))
+    assert len(d) == 1 and d.get(bytes(ident.node_id)) is not None
+    path.write_text("not json")
+    assert len(FileDirectory(str(path))) == 0
+    assert len(FileDirectory(str(tmp_path / "missing.json"))) == 0
