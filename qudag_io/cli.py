@@ -149,8 +149,8 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    def on_message(peer: NodeId, data: bytes) -> None:
-        log.info("message from %s: %d bytes", peer, len(data))
+    def on_message(peer: Optional[NodeId], data: bytes) -> None:
+        log.info("message %s: %d bytes", f"from {peer}" if peer is not None else "over a circuit", len(data))
 
     node = await Node.start(identity, settings, on_message=on_message)
     # Integration point for qudag_io.persist (branch `persist`): it will register
@@ -232,13 +232,49 @@ async def _send(identity: Identity, host: str, port: int, peer_id: Optional[byte
     return 0
 
 
+async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages: list[bytes], timeout: float) -> int:
+    import ipaddress
+
+    from qudag_io.node import FileDirectory, send_over_stream
+    from qudag_io.onion import OnionClient, OnionNode
+
+    directory = FileDirectory(directory_path)
+    if directory.get(peer_id) is None:
+        raise CliError(f"{peer_id.hex()} is not a relay in {directory_path}; only nodes run with --relay can be reached with --hops")
+    if len(directory) < hops:
+        raise CliError(f"{directory_path} lists {len(directory)} relays; --hops {hops} needs at least {hops}")
+    # The one-relay-per-/16 path rule cannot hold on a loopback-only network.
+    loopback = all(ipaddress.ip_address(r.address).is_loopback for r in directory.relay_infos())
+    client = await OnionNode.start(Identity.generate(os.urandom), directory, relay=False)
+    try:
+        circ = await OnionClient(client, per_subnet=None if loopback else 1).build_circuit(
+            hops=hops, exit=peer_id, timeout=timeout)
+        stream = await circ.open_stream(circ.exit_node_id, "msg", timeout=timeout)
+        for m in messages:
+            await send_over_stream(stream, m, timeout=timeout)
+            print(f"delivered {len(m)} bytes to {peer_id.hex()} over a {hops}-hop circuit "
+                  f"(acknowledged, digest verified)")
+        await stream.close()
+        await circ.close()
+    finally:
+        await client.close()
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     _setup_logging("debug" if args.debug else "warning")
-    host, port, peer_id, cert = _peer_args(args)
     if args.message == ["-"]:
         messages = [sys.stdin.buffer.read()]
     else:
         messages = [m.encode() for m in args.message]
+    if args.hops:
+        if not args.directory or not args.peer_id:
+            raise CliError("--hops needs --directory FILE (relay certificates) and --peer-id HEX (the exit node)")
+        if not 1 <= args.hops <= 8:
+            raise CliError("--hops must be between 1 and 8")
+        peer = _hex(args.peer_id, 20, "--peer-id")
+        return run(_send_circuit(peer, args.directory, args.hops, messages, args.timeout))
+    host, port, peer_id, cert = _peer_args(args)
     identity = _load_identity(args.keystore, args) if args.keystore else Identity.generate(os.urandom)
     return run(_send(identity, host, port, peer_id, cert, messages, args.timeout))
 
@@ -650,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-cert", help="the peer's certificate file (node.cert in its data dir)")
     p.add_argument("--keystore", help="our identity (default: a fresh throwaway one)")
     pw(p)
+    p.add_argument("--hops", type=int, default=0, help="send over an onion circuit of N hops ending at --peer-id")
+    p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("message", nargs="+", help="messages (one link message each); '-' reads one from stdin")
     p.set_defaults(func=cmd_send)

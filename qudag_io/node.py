@@ -29,7 +29,8 @@ owns its links (cells only, one link per neighbour) while the node's links carry
 application messages; sharing one listener would need a protocol switch on the link.
 The relay's directory is a :class:`FileDirectory` (certificates in a JSON file, re-read
 when a relay is missing) until relay descriptors are distributed through the DHT; the
-node serves the ``"echo"`` stream service as a circuit's last hop.  ``/status`` reports
+node serves the ``"echo"`` stream service and the ``"msg"`` service (application
+messages over a circuit, :func:`send_over_stream`) as a circuit's last hop.  ``/status`` reports
 the number of circuits relayed (from the relay core's table).
 Persistence is not this module's: :attr:`Node.save_hooks`
 is the integration point (each hook gets :meth:`Node.snapshot` at shutdown; the
@@ -55,7 +56,7 @@ from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirector
 from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
 
 __all__ = ["FileDirectory", "MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message",
-           "write_directory"]
+           "send_over_stream", "write_directory"]
 
 log = logging.getLogger("qudag.node")
 
@@ -179,11 +180,23 @@ async def echo_service(stream: OnionStream) -> None:
         await stream.close()
 
 
+async def send_over_stream(stream: OnionStream, data: bytes, *, timeout: float = 10.0) -> None:
+    """Send one application message to a node's ``"msg"`` onion service and wait for its
+    acknowledgement.  On a stream a message is ``u32 length || data``; the ack is the same
+    as on a link: ``MSG_ACK + blake3(data, 32)``."""
+    if len(data) > MAX_APP_MESSAGE:
+        raise ValueError(f"message larger than {MAX_APP_MESSAGE} bytes")
+    await stream.send(len(data).to_bytes(4, "big") + data)
+    ack = await asyncio.wait_for(stream.readexactly(33), timeout)
+    if ack != MSG_ACK + blake3_hash(data, 32):
+        raise StreamClosed("acknowledgement digest mismatch", unacked_bytes=0, unacked_messages=0, cause=None)
+
+
 class Node:
     """A running qudag node (see the module docstring)."""
 
     def __init__(self, identity: Identity, settings: NodeSettings, *, metrics: Optional[NodeMetrics] = None,
-                 on_message: Optional[Callable[[NodeId, bytes], Any]] = None) -> None:
+                 on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None) -> None:
         self.identity = identity
         self.settings = settings
         self.metrics = metrics or NodeMetrics()
@@ -240,6 +253,7 @@ class Node:
             self.onion = await OnionNode.start(self.identity, directory, host=s.onion_listen[0],
                                                port=s.onion_listen[1])
             self.onion.register_service("echo", echo_service)
+            self.onion.register_service("msg", self._message_service)
             self._meter_onion(self.onion)
         if s.http_enabled:
             self.http = await start_http_server(*s.http_listen, metrics=self.metrics, status_provider=self.status)
@@ -353,6 +367,28 @@ class Node:
         finally:
             self.peers.pop(conn, None)
             self.metrics.connection_closed(direction)
+
+    async def _message_service(self, stream: OnionStream) -> None:
+        """The ``"msg"`` onion service: messages arriving over a circuit (the sender is
+        anonymous, so ``on_message`` gets ``None`` as the peer)."""
+        try:
+            while True:
+                try:
+                    n = int.from_bytes(await stream.readexactly(4), "big")
+                except StreamClosed:
+                    return  # the sender ended the stream
+                if n > MAX_APP_MESSAGE:
+                    return
+                data = await stream.readexactly(n)
+                await stream.send(MSG_ACK + blake3_hash(data, 32))
+                if self.on_message is not None:
+                    r = self.on_message(None, data)
+                    if asyncio.iscoroutine(r):
+                        await r
+        except StreamClosed:
+            return
+        finally:
+            await stream.close()
 
     def _inbound_handshake_failed(self, exc: ConnectionClosed) -> None:
         self.metrics.handshake_failed(classify_handshake_failure(exc))

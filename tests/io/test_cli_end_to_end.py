@@ -197,6 +197,27 @@ def test_config_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and "relay must be a bool" in r.stderr
 
 
+def test_send_over_a_three_hop_circuit(nodes, tmp_path):
+    directory = str(tmp_path / "relays.json")
+    relays = [nodes(f"r{i}", "--relay", "--onion-directory", directory, "--no-http") for i in range(3)]
+    certs = []
+    for r in relays:
+        with open(os.path.join(r.dir, "onion.cert"), "rb") as f:
+            certs.append(f.read().hex())
+    with open(directory, "w") as f:
+        json.dump(certs, f)
+    exit_node = relays[1]
+    r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", exit_node.node_id,
+              "over", "three hops", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("over a 3-hop circuit (acknowledged, digest verified)") == 2
+    assert exit_node.stop() == 0
+    assert exit_node.stderr().count("message over a circuit") == 2
+    # An exit that is not a relay: one line saying what to do.
+    r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", "00" * 20, "x", passphrase=None)
+    assert r.returncode == 1 and "is not a relay" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/promtool"), reason="promtool not installed (/usr/bin/promtool)")
 def test_promtool_accepts_a_running_nodes_metrics(nodes):
     a = nodes("p")

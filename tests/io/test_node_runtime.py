@@ -238,8 +238,10 @@ def test_relay_nodes_carry_a_three_hop_circuit(run, tmp_path):
 
     async def main():
         path = str(tmp_path / "relays.json")
+        got = []
         relays = [await Node.start(Identity.generate(os.urandom),
-                                   NodeSettings(http_enabled=False, relay=True, onion_directory=path))
+                                   NodeSettings(http_enabled=False, relay=True, onion_directory=path),
+                                   on_message=lambda peer, data: got.append((peer, data)))
                   for _ in range(3)]
         client = None
         try:
@@ -256,6 +258,13 @@ def test_relay_nodes_carry_a_three_hop_circuit(run, tmp_path):
             assert st["relay"] is True and st["relayed_circuits"] == 1
             assert "onion" in middle.addresses()
             await stream.close()
+            # Application messages to the exit's "msg" service, acknowledged by digest.
+            from qudag_io.node import send_over_stream
+            s2 = await circ.open_stream(circ.exit_node_id, "msg")
+            await send_over_stream(s2, b"anonymous hello")
+            await send_over_stream(s2, b"")
+            await s2.close()
+            assert got == [(None, b"anonymous hello"), (None, b"")]
             await circ.close()
         finally:
             if client is not None:
