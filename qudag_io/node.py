@@ -74,6 +74,15 @@ _HS_REASONS = {
 }
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def classify_handshake_failure(exc: BaseException) -> HandshakeFailure:
     """The ``reason`` label for a failed dial."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -256,6 +265,9 @@ class Node:
             self.onion.register_service("msg", self._message_service)
             self._meter_onion(self.onion)
         if s.http_enabled:
+            if not _is_loopback(s.http_listen[0]):
+                log.warning("the status/metrics server listens on %s, not loopback: /status lists this "
+                            "node's peers to anyone who can reach it", s.http_listen[0])
             self.http = await start_http_server(*s.http_listen, metrics=self.metrics, status_provider=self.status)
         self._addresses = self._bound_addresses()
 

@@ -185,6 +185,14 @@ def test_listen_prints_messages(tmp_path):
     assert [ln.split(": ", 1)[1] for ln in lines] == ["first", "second"]
 
 
+def test_debug_shows_the_traceback_otherwise_one_line():
+    r = qudag("status", "--url", "http://127.0.0.1:1", passphrase=None)
+    assert r.returncode == 1 and r.stderr.startswith("qudag: error: cannot reach") and "is the node running?" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = qudag("--debug", "status", "--url", "http://127.0.0.1:1", passphrase=None)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
+
+
 def test_config_errors_are_one_line(tmp_path):
     key = str(tmp_path / "c" / "key")
     keygen(key)
@@ -245,3 +253,33 @@ def test_testnet_five_nodes(tmp_path):
                 urllib.request.urlopen(url, timeout=2)
     tmpdirs = [ln for ln in out.splitlines() if "testnet of 5 nodes" in ln]
     assert tmpdirs and not os.path.exists(tmpdirs[0].split(" in ")[-1])
+
+
+def test_testnet_sigint_stops_every_node(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "qudag_io.cli", "testnet", "--nodes", "4", "--timeout", "60"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    pids: list[int] = []
+    try:
+        first = proc.stdout.readline()
+        tmp = first.rstrip().split(" in ")[-1]
+        for _ in range(20):  # bounded: one line per step
+            line = proc.stdout.readline()
+            if not line or "bootstrap:" in line:
+                break
+        assert "bootstrap:" in line, line
+        for i in range(4):
+            with open(os.path.join(tmp, f"node{i:02d}", "node.json")) as f:
+                pids.append(json.load(f)["pid"])
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "stopped 4 nodes (4 exited cleanly)" in out and "testnet: FAILED" in err
+    for pid in pids:  # reaped by the testnet: gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not os.path.exists(tmp)
