@@ -154,7 +154,7 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
 
     node = await Node.start(identity, settings, on_message=on_message)
     # Integration point for qudag_io.persist (branch `persist`): it will register
-    # node.save_hooks / node.restore_contacts here.  Until then nothing is saved.
+    # Node.start(..., save_hooks=[...], restore_contacts=[...]) here.  Until then nothing is saved.
     data_dir = settings.resolved_data_dir()
     _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
     if node.onion is not None:

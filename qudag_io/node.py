@@ -44,7 +44,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from qudag_core.crypto import blake3_hash
 from qudag_core.identity import Identity, NodeCertificate, NodeId
@@ -205,15 +205,18 @@ class Node:
     """A running qudag node (see the module docstring)."""
 
     def __init__(self, identity: Identity, settings: NodeSettings, *, metrics: Optional[NodeMetrics] = None,
-                 on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None) -> None:
+                 on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None,
+                 save_hooks: Iterable[Callable[[dict], Any]] = (),
+                 restore_contacts: Iterable[tuple[str, int]] = ()) -> None:
         self.identity = identity
         self.settings = settings
         self.metrics = metrics or NodeMetrics()
         self.on_message = on_message
-        self.save_hooks: list[Callable[[dict], Any]] = []
+        self.save_hooks: list[Callable[[dict], Any]] = list(save_hooks)
         """Called with :meth:`snapshot` at shutdown; the persistence layer adds one."""
-        self.restore_contacts: list[tuple[str, int]] = []
-        """DHT contacts loaded by the persistence layer; bootstrapped from with the config's."""
+        self.restore_contacts: list[tuple[str, int]] = [tuple(a) for a in restore_contacts]  # type: ignore[misc]
+        """DHT contacts loaded by the persistence layer (``Node.start(..., restore_contacts=)``);
+        bootstrapped from together with the configured nodes."""
         self.listener: Optional[Listener] = None
         self.dht: Optional[DhtNode] = None
         self.http: Optional[HttpServer] = None
@@ -282,6 +285,7 @@ class Node:
         def datagram_received(data: bytes, addr: Any) -> None:
             metrics.bytes_received(len(data), Transport.UDP)
             inner_received(data, addr)
+            self._sync_drops()  # the core's per-IP limiter decides on receipt
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 

@@ -288,3 +288,35 @@ def test_file_directory_skips_bad_entries(tmp_path):
     path.write_text("not json")
     assert len(FileDirectory(str(path))) == 0
     assert len(FileDirectory(str(tmp_path / "missing.json"))) == 0
+
+
+def test_dht_rate_limit_drops_are_counted_and_restore_contacts_bootstrap(run):
+    import socket
+
+    async def main():
+        a = await Node.start(Identity.generate(os.urandom), NodeSettings(http_enabled=False))
+        b = await Node.start(Identity.generate(os.urandom), NodeSettings(http_enabled=False),
+                             restore_contacts=[a.dht.address])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            assert b.status()["routing_table_size"] >= 1  # joined through the restored contact
+            # Past the per-IP burst (1000, refilled at 500/s) of the DHT core's limiter, in
+            # batches the socket buffer can hold.
+            for _ in range(20):
+                for _ in range(100):
+                    sock.sendto(b"d1:ad2:id20:xxxxxxxxxxxxxxxxxxxxe1:q4:ping1:t2:aa1:y1:qe", a.dht.address)
+                await asyncio.sleep(0.003)
+            text = ""
+            for _ in range(100):  # bounded wait for the datagrams to be processed
+                await asyncio.sleep(0.02)
+                text = a.metrics.render().decode()
+                if _metric(text, 'qudag_ratelimit_drops_total{limiter="dht_queries"}') > 0:
+                    break
+            assert _metric(text, 'qudag_ratelimit_drops_total{limiter="dht_queries"}') > 0
+            assert _metric(text, 'qudag_bytes_received_total{transport="udp"}') > 1000 * 40
+        finally:
+            sock.close()
+            await b.stop()
+            await a.stop()
+
+    run(main())
