@@ -333,7 +333,6 @@ async def _dht(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(asyncio.shield(dht._bootstrapped), args.timeout)
             except asyncio.TimeoutError:
                 raise CliError(f"no DHT node answered within {args.timeout:g}s; check --bootstrap") from None
-        t = time.monotonic()
         if args.dht_cmd == "put":
             value = bencode.encode(args.value.encode())
             target = await asyncio.wait_for(dht.put(value), args.timeout)
@@ -347,14 +346,12 @@ async def _dht(args: argparse.Namespace) -> int:
             print(v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else repr(v))
         elif args.dht_cmd == "find-node":
             res = await asyncio.wait_for(dht.find_node(_hex(args.target, 20, "target")), args.timeout)
-            for n in getattr(res, "nodes", ()):
-                nid, addr = (n.node_id, n.addr) if hasattr(n, "node_id") else n
+            for nid, addr in res.nodes:
                 print(f"{bytes(nid).hex()} {addr[0]}:{addr[1]}")
         elif args.dht_cmd == "ping":
             addr = parse_hostport(args.address, what="address")
             res = await asyncio.wait_for(dht.ping(addr), args.timeout)
-            nid = getattr(res, "node_id", b"")
-            print(f"pong from {bytes(nid).hex()} in {(time.monotonic() - t) * 1000:.1f} ms")
+            print(f"pong from {bytes(res.node_id).hex()} in {res.rtt * 1000:.1f} ms")
     finally:
         await dht.close()
     return 0

@@ -15,27 +15,30 @@ What runs (``await Node.start(identity, settings)``):
   ``/metrics`` and ``/status``.
 
 The decision a reader would ask about: **where metrics come from without editing the
-adapters.**  The node counts at its own boundary: link connections, handshake outcomes
+adapters.**  The node counts at its own boundary: link connections; handshake outcomes
 (a failed dial's exception, or a failed inbound handshake reported by the listener's
-``on_handshake_failed`` hook, is classified by its handshake error code), application message bytes on links (payload bytes, ``transport="tcp"``), every
-UDP datagram of the DHT socket (by wrapping the datagram transport's ``sendto`` and the
-protocol's ``datagram_received`` after ``DhtNode.start``: wire bytes, ``transport="udp"``),
-the DHT core's rate-limiter drops (read from the core's counter), and the operations the
-node starts.
+``on_handshake_failed`` hook, classified by its handshake error code); application
+message payload bytes on links (``transport="tcp"``: not wire bytes, the link adapter
+has no byte hook); every UDP datagram of the DHT socket (wire bytes, ``transport="udp"``,
+by wrapping the datagram transport's ``sendto`` and the protocol's ``datagram_received``
+right after ``DhtNode.start``, so the first bootstrap queries are not counted); the DHT
+core's rate-limiter drops (its counter, read after each datagram); and the DHT
+operations the node starts, with their latency.
 
 With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
 listener** (``settings.onion_listen``): the simplest honest wiring, as the onion adapter
 owns its links (cells only, one link per neighbour) while the node's links carry
 application messages; sharing one listener would need a protocol switch on the link.
 The relay's directory is a :class:`FileDirectory` (certificates in a JSON file, re-read
-when a relay is missing) until relay descriptors are distributed through the DHT; the
-node serves the ``"echo"`` stream service and the ``"msg"`` service (application
-messages over a circuit, :func:`send_over_stream`) as a circuit's last hop.  ``/status`` reports
-the number of circuits relayed (from the relay core's table).
-Persistence is not this module's: :attr:`Node.save_hooks`
-is the integration point (each hook gets :meth:`Node.snapshot` at shutdown; the
-persistence layer registers one), and :attr:`Node.restore_contacts` takes contacts it
-loaded back before bootstrap.
+when a relay is missing) until relay descriptors are distributed through the DHT.  As a
+circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"``
+service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
+reports the number of circuits relayed (from the relay core's table).
+
+Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
+at shutdown (the persistence layer passes one to :meth:`Node.start`), and
+``restore_contacts`` are DHT contacts it loaded back, bootstrapped from with the
+configured nodes.
 """
 from __future__ import annotations
 
@@ -223,7 +226,6 @@ class Node:
         self.onion: Optional[OnionNode] = None
         self.certificate: Optional[NodeCertificate] = None
         self.peers: dict[Connection, Direction] = {}
-        self.started_at = time.time()
         self._t0 = time.monotonic()
         self._dht_drops_seen = 0
         self._stopped = False

@@ -146,6 +146,11 @@ def test_two_nodes_message_dht_status_and_sigterm(nodes):
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["node_id"] == b.node_id and st["routing_table_size"] >= 1 and st["uptime_seconds"] > 0
+    r = qudag("dht", "--bootstrap", a.udp(), "find-node", st["dht_node_id"], passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"{st['dht_node_id']} {b.udp()}" in r.stdout.splitlines()
+    r = qudag("dht", "--bootstrap", a.udp(), "get", "zz", passphrase=None)
+    assert r.returncode == 1 and "40 hex digits" in r.stderr
     r = qudag("status", "--data-dir", a.dir, passphrase=None)
     assert r.returncode == 0 and a.node_id in r.stdout
     # metrics saw the link and the DHT traffic
