@@ -123,7 +123,7 @@ def test_keygen_private_file_and_wrong_passphrase(tmp_path):
 
 def test_two_nodes_message_dht_status_and_sigterm(nodes):
     a = nodes("a")
-    b = nodes("b", "--bootstrap", a.udp())
+    b = nodes("b", "--bootstrap", a.udp(), "--log-level", "debug")
     # A message sent directly over an authenticated link, acknowledged with its digest.
     r = qudag("send", "--to", b.tcp(), "--peer-id", b.node_id, "hello", "world", passphrase=None)
     assert r.returncode == 0, r.stderr
@@ -166,6 +166,9 @@ def test_two_nodes_message_dht_status_and_sigterm(nodes):
     log = b.stderr()
     assert "state not saved: no persistence layer configured" in log and "shutdown complete" in log
     assert PASS not in log
+    from qudag_io.keystore import read_keystore
+    for secret in read_keystore(os.path.join(b.dir, "key"), PASS.encode()).values():
+        assert secret.hex() not in log.lower() and repr(secret)[2:-1] not in log
     assert not os.path.exists(os.path.join(b.dir, "node.json"))
 
 
