@@ -623,15 +623,17 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
     except KeyboardInterrupt:
         net.say("interrupted; stopping the nodes")
     finally:
+        # Stop and clean up before printing anything: stdout may be a closed pipe.
         codes = net.stop()
         signal.signal(signal.SIGTERM, old_term)
+        kept = keep or (debug and not ok)
+        if not kept:
+            shutil.rmtree(net.tmp, ignore_errors=True)
         clean = sum(1 for c in codes if c == 0)
         net.say(f"stopped {len(codes)} nodes ({clean} exited cleanly"
                 + (f", {len(codes) - clean} did not: see their node.log" if clean != len(codes) else "") + ")")
-        if keep or (debug and not ok):
+        if kept:
             net.say(f"kept {net.tmp}")
-        else:
-            shutil.rmtree(net.tmp, ignore_errors=True)
     if ok and all(c == 0 for c in codes):
         print("testnet: OK")
         return 0
