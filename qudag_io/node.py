@@ -69,6 +69,9 @@ MSG_ACK = b"\x01"
 """Prefix of the acknowledgement: ``MSG_ACK + blake3(data, 32)``."""
 
 MAX_APP_MESSAGE = 1 << 20
+"""Largest message the ``"msg"`` onion service accepts (its u32 length prefix is checked
+against it before anything is buffered).  On a link the channel's frame limit (64 KiB)
+is the tighter bound."""
 
 _HS_REASONS = {
     0x02: HandshakeFailure.BAD_MESSAGE, 0x03: HandshakeFailure.BAD_MESSAGE, 0x04: HandshakeFailure.BAD_MESSAGE,

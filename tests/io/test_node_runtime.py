@@ -320,3 +320,32 @@ def test_dht_rate_limit_drops_are_counted_and_restore_contacts_bootstrap(run):
             await a.stop()
 
     run(main())
+
+
+def test_foreign_link_messages_are_ignored(run):
+    import random
+
+    from qudag_io.node import MSG_DATA
+
+    async def main():
+        got = []
+        n = await Node.start(Identity.generate(os.urandom), NodeSettings(http_enabled=False),
+                             on_message=lambda peer, data: got.append(data))
+        c = await Node.start(Identity.generate(os.urandom), NodeSettings(http_enabled=False))
+        try:
+            conn = await c.dial(*n.listener.addresses[0], peer_id=n.identity.node_id)
+            rnd = random.Random(7)
+            assert MSG_DATA == b"\x00"
+            for _ in range(50):  # any prefix but MSG_DATA is not an application message
+                msg = bytes([rnd.choice(range(1, 256))]) + rnd.randbytes(rnd.randrange(0, 200))
+                await conn.send(msg)
+            await conn.send(b"")
+            await send_message(conn, bytes(60 * 1024))  # near the link's frame limit: delivered
+            await send_message(conn, b"still usable")
+            assert got == [bytes(60 * 1024), b"still usable"]
+            await conn.close()
+        finally:
+            await c.stop()
+            await n.stop()
+
+    run(main())
