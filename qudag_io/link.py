@@ -345,6 +345,7 @@ async def listen(
     certificate_lifetime: int = 7 * 86400,
     config: Optional[LinkConfig] = None,
     rng: Callable[[int], bytes] = os.urandom,
+    on_handshake_failed: Optional[Callable[[ConnectionClosed], None]] = None,
 ) -> Listener:
     """Accept links on ``host:port``; each established link runs ``handler(conn)``.
 
@@ -353,6 +354,7 @@ async def listen(
     accepted link; when more than ``config.cookie_threshold`` handshakes are in progress
     the listener switches to cookie mode, so floods cost it no KEM work.
     Without ``certificate``, one is issued for the bound address(es).
+    ``on_handshake_failed(exc)`` is told about each failed inbound handshake (metrics).
     """
     loop = asyncio.get_running_loop()
     cfg = config or LinkConfig()
@@ -369,6 +371,8 @@ async def listen(
             established = await protocol.established
         except ConnectionClosed as exc:
             log.debug("inbound handshake failed: %s", exc)
+            if on_handshake_failed is not None:
+                on_handshake_failed(exc)
             return
         finally:
             state["pending"] -= 1

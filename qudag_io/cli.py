@@ -1,0 +1,764 @@
+"""The ``qudag`` command line (docs/cli.md).
+
+Subcommands: ``keygen``, ``node run``, ``send``, ``listen``, ``dht get|put|find-node|ping``,
+``status`` and ``testnet``.
+
+The decision a reader would ask about: **``qudag dht`` starts a short-lived DHT node**
+that bootstraps from ``--bootstrap`` nodes (a running node's UDP address), instead of
+driving a running node through a control API.  The metrics HTTP server only speaks
+GET/HEAD and is deliberately read-only; a write API would need authentication (a bearer
+token file beside the keystore) and its own review.  A short-lived node needs no
+secrets and no new attack surface, and exercises the same network a remote user would.
+
+Errors are one line on stderr saying what to do (exit 1; 2 for usage errors);
+``--debug`` shows the traceback instead.  Secrets (passphrases, seeds) are never logged
+or printed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional, Sequence
+
+from qudag_core.identity import Identity, NodeCertificate, NodeId
+from qudag_core.keystore import KeystoreError, ScryptParams, WrongPassphrase
+from qudag_io._loop import run
+from qudag_io.config import ConfigError, NodeSettings, dump_toml, load_config, parse_hostport
+from qudag_io.keystore import read_keystore, write_keystore
+
+__all__ = ["CliError", "main"]
+
+log = logging.getLogger("qudag.cli")
+
+READY_FILE = "node.json"
+CERT_FILE = "node.cert"
+ONION_CERT_FILE = "onion.cert"
+
+
+class CliError(Exception):
+    """A user-facing failure: one line, saying what to do."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False, path: str = "") -> bytes:
+    """From ``--passphrase-file``, then ``QUDAG_PASSPHRASE``, then a prompt."""
+    pf = getattr(args, "passphrase_file", None)
+    if pf:
+        try:
+            with open(pf, "rb") as f:
+                line = f.readline().rstrip(b"\r\n")
+        except OSError as exc:
+            raise CliError(f"cannot read passphrase file {pf}: {exc.strerror}") from None
+        if not line:
+            raise CliError(f"passphrase file {pf} is empty")
+        return line
+    env = os.environ.get("QUDAG_PASSPHRASE")
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise CliError("no passphrase: use --passphrase-file FILE or set QUDAG_PASSPHRASE (stdin is not a terminal)")
+    p1 = getpass.getpass(f"passphrase for {path}: ")
+    if confirm and getpass.getpass("repeat passphrase: ") != p1:
+        raise CliError("the passphrases differ; run the command again")
+    if not p1:
+        raise CliError("empty passphrase refused")
+    return p1.encode()
+
+
+def _load_identity(path: str, args: argparse.Namespace) -> Identity:
+    if not path:
+        raise CliError("no keystore given: pass --keystore PATH (create one with: qudag keygen --keystore PATH)")
+    if not os.path.exists(path):
+        raise CliError(f"keystore {path} does not exist; create it with: qudag keygen --keystore {path}")
+    pw = _passphrase(args, path=path)
+    try:
+        return Identity.from_secrets(read_keystore(path, pw))
+    except WrongPassphrase:
+        raise CliError(f"wrong passphrase for keystore {path}") from None
+    except KeystoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _write_private(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- keygen
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = args.keystore
+    if os.path.exists(path) and not args.force:
+        raise CliError(f"{path} already exists; pass --force to replace it (the old identity is lost)")
+    pw = _passphrase(args, confirm=True, path=path)
+    ident = Identity.generate(os.urandom)
+    params = ScryptParams(1 << args.scrypt_log2n, 8, 1)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    write_keystore(path, ident.secrets(), pw, kdf_params=params, overwrite=args.force)
+    print(f"node id {ident.node_id.hex()}")
+    print(f"keystore written to {path} (mode 0600)")
+    return 0
+
+
+# --------------------------------------------------------------------------- node run
+def _settings_from_args(args: argparse.Namespace) -> NodeSettings:
+    ov: dict[tuple[str, str], Any] = {
+        ("node", "keystore"): args.keystore,
+        ("node", "passphrase_file"): args.passphrase_file,
+        ("node", "data_dir"): args.data_dir,
+        ("node", "log_level"): args.log_level,
+        ("link", "listen"): args.listen_tcp,
+        ("dht", "listen"): args.listen_udp,
+        ("dht", "bootstrap"): args.bootstrap,
+        ("onion", "relay"): args.relay,
+        ("onion", "listen"): args.onion_listen,
+        ("onion", "directory"): args.onion_directory,
+        ("http", "listen"): args.metrics,
+        ("http", "enabled"): False if args.no_http else None,
+    }
+    return load_config(args.config, ov)
+
+
+async def _run_node(settings: NodeSettings, identity: Identity) -> int:
+    from qudag_io.node import Node
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_message(peer: Optional[NodeId], data: bytes) -> None:
+        log.info("message %s: %d bytes", f"from {peer}" if peer is not None else "over a circuit", len(data))
+
+    node = await Node.start(identity, settings, on_message=on_message)
+    # Integration point for qudag_io.persist (branch `persist`): it will register
+    # Node.start(..., save_hooks=[...], restore_contacts=[...]) here.  Until then nothing is saved.
+    data_dir = settings.resolved_data_dir()
+    _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
+    if node.onion is not None:
+        _write_private(os.path.join(data_dir, ONION_CERT_FILE), node.onion.certificate.to_bytes())  # type: ignore[union-attr]
+    ready = {"event": "ready", "node_id": identity.node_id.hex(), "pid": os.getpid(), **node.addresses()}
+    _write_private(os.path.join(data_dir, READY_FILE), json.dumps(ready).encode())
+    print(json.dumps(ready), flush=True)
+    log.info("node %s up: link %s, dht %s, http %s", identity.node_id, ready.get("link"), ready.get("dht"),
+             ready.get("http"))
+    await stop.wait()
+    log.info("shutting down: closing %d links", len(node.peers))
+    results = await node.stop()
+    if results:
+        for r in results:
+            log.info("state saved: %s", r)
+    else:
+        log.info("state not saved: no persistence layer configured (node.save_hooks is empty)")
+    try:
+        os.unlink(os.path.join(data_dir, READY_FILE))
+    except FileNotFoundError:
+        pass
+    log.info("shutdown complete")
+    return 0
+
+
+def cmd_node_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings_from_args(args)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    _setup_logging("debug" if args.debug else settings.log_level)
+    identity = _load_identity(settings.keystore, argparse.Namespace(passphrase_file=settings.passphrase_file))
+    return run(_run_node(settings, identity))
+
+
+# --------------------------------------------------------------------------- send/listen
+def _peer_args(args: argparse.Namespace) -> tuple[str, int, Optional[bytes], Optional[NodeCertificate]]:
+    cert = None
+    if args.peer_cert:
+        try:
+            with open(args.peer_cert, "rb") as f:
+                cert = NodeCertificate.from_bytes(f.read())
+        except OSError as exc:
+            raise CliError(f"cannot read certificate {args.peer_cert}: {exc.strerror}") from None
+        except Exception as exc:
+            raise CliError(f"{args.peer_cert} is not a valid node certificate: {exc}") from None
+    if args.to:
+        host, port = parse_hostport(args.to, what="--to")
+    elif cert is not None and cert.addresses:
+        host, port = cert.addresses[0]
+    else:
+        raise CliError("say where to send: --to HOST:PORT (and --peer-id HEX) or --peer-cert FILE")
+    peer_id = None
+    if args.peer_id:
+        try:
+            peer_id = bytes(NodeId.from_hex(args.peer_id))
+        except ValueError:
+            raise CliError(f"--peer-id {args.peer_id!r} is not a node id in hex") from None
+    if peer_id is None and cert is None:
+        raise CliError("refusing to send to an unauthenticated peer: pass --peer-id HEX or --peer-cert FILE")
+    return host, port, peer_id, cert
+
+
+async def _send(identity: Identity, host: str, port: int, peer_id: Optional[bytes],
+                cert: Optional[NodeCertificate], messages: list[bytes], timeout: float) -> int:
+    from qudag_io.link import connect
+    from qudag_io.node import send_message
+
+    conn = await connect(host, port, identity=identity, expected_peer_id=peer_id, peer_certificate=cert,
+                         timeout=timeout)
+    async with conn:
+        for m in messages:
+            await send_message(conn, m, timeout=timeout)
+            print(f"delivered {len(m)} bytes to {conn.peer_node_id.hex()} (acknowledged, digest verified)")
+    return 0
+
+
+async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages: list[bytes], timeout: float) -> int:
+    import ipaddress
+
+    from qudag_io.node import FileDirectory, send_over_stream
+    from qudag_io.onion import OnionClient, OnionNode
+
+    directory = FileDirectory(directory_path)
+    if directory.get(peer_id) is None:
+        raise CliError(f"{peer_id.hex()} is not a relay in {directory_path}; only nodes run with --relay can be reached with --hops")
+    if len(directory) < hops:
+        raise CliError(f"{directory_path} lists {len(directory)} relays; --hops {hops} needs at least {hops}")
+    # The one-relay-per-/16 path rule cannot hold on a loopback-only network.
+    loopback = all(ipaddress.ip_address(r.address).is_loopback for r in directory.relay_infos())
+    client = await OnionNode.start(Identity.generate(os.urandom), directory, relay=False)
+    try:
+        circ = await OnionClient(client, per_subnet=None if loopback else 1).build_circuit(
+            hops=hops, exit=peer_id, timeout=timeout)
+        stream = await circ.open_stream(circ.exit_node_id, "msg", timeout=timeout)
+        for m in messages:
+            await send_over_stream(stream, m, timeout=timeout)
+            print(f"delivered {len(m)} bytes to {peer_id.hex()} over a {hops}-hop circuit "
+                  f"(acknowledged, digest verified)")
+        await stream.close()
+        await circ.close()
+    finally:
+        await client.close()
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    if args.message == ["-"]:
+        messages = [sys.stdin.buffer.read()]
+    else:
+        messages = [m.encode() for m in args.message]
+    if args.hops:
+        if not args.directory or not args.peer_id:
+            raise CliError("--hops needs --directory FILE (relay certificates) and --peer-id HEX (the exit node)")
+        if not 1 <= args.hops <= 8:
+            raise CliError("--hops must be between 1 and 8")
+        peer = _hex(args.peer_id, 20, "--peer-id")
+        return run(_send_circuit(peer, args.directory, args.hops, messages, args.timeout))
+    host, port, peer_id, cert = _peer_args(args)
+    identity = _load_identity(args.keystore, args) if args.keystore else Identity.generate(os.urandom)
+    return run(_send(identity, host, port, peer_id, cert, messages, args.timeout))
+
+
+async def _listen(identity: Identity, host: str, port: int, count: int) -> int:
+    from qudag_io.link import listen
+    from qudag_io.node import MSG_ACK, MSG_DATA
+    from qudag_core.crypto import blake3_hash
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    got = 0
+
+    async def handler(conn: Any) -> None:
+        nonlocal got
+        async for msg in conn:
+            if msg[:1] != MSG_DATA:
+                continue
+            data = msg[1:]
+            await conn.send(MSG_ACK + blake3_hash(data, 32))
+            text = data.decode("utf-8", "backslashreplace")
+            print(f"from {conn.peer_node_id.hex()}: {text}", flush=True)
+            got += 1
+            if count and got >= count:
+                stop.set()
+
+    async with await listen(host, port, identity=identity, handler=handler) as lst:
+        h, p = lst.addresses[0]
+        print(json.dumps({"event": "listening", "node_id": identity.node_id.hex(), "link": [h, p]}), flush=True)
+        await stop.wait()
+        await asyncio.sleep(0.05)  # let the last acknowledgement leave
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    identity = _load_identity(args.keystore, args)
+    host, port = parse_hostport(args.listen, what="--listen")
+    return run(_listen(identity, host, port, args.count))
+
+
+# --------------------------------------------------------------------------- dht
+async def _dht(args: argparse.Namespace) -> int:
+    from qudag_core.krpc import bencode
+    from qudag_io.dht import DhtNode
+
+    boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
+    if not boot and args.dht_cmd != "ping":
+        raise CliError("pass --bootstrap HOST:PORT (a running node's DHT/UDP address, see: qudag status)")
+    dht = await DhtNode.start(args.bind, 0, bootstrap=boot, wait_bootstrap=False)
+    try:
+        if boot:
+            try:
+                await asyncio.wait_for(asyncio.shield(dht._bootstrapped), args.timeout)
+            except asyncio.TimeoutError:
+                raise CliError(f"no DHT node answered within {args.timeout:g}s; check --bootstrap") from None
+        if args.dht_cmd == "put":
+            value = bencode.encode(args.value.encode())
+            target = await asyncio.wait_for(dht.put(value), args.timeout)
+            print(target.hex())
+        elif args.dht_cmd == "get":
+            target = _hex(args.target, 20, "target")
+            res = await asyncio.wait_for(dht.get(target), args.timeout)
+            if res.value is None:
+                raise CliError(f"no value stored under {args.target}")
+            v = bencode.decode(res.value)
+            print(v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else repr(v))
+        elif args.dht_cmd == "find-node":
+            res = await asyncio.wait_for(dht.find_node(_hex(args.target, 20, "target")), args.timeout)
+            for nid, addr in res.nodes:
+                print(f"{bytes(nid).hex()} {addr[0]}:{addr[1]}")
+        elif args.dht_cmd == "ping":
+            addr = parse_hostport(args.address, what="address")
+            res = await asyncio.wait_for(dht.ping(addr), args.timeout)
+            print(f"pong from {bytes(res.node_id).hex()} in {res.rtt * 1000:.1f} ms")
+    finally:
+        await dht.close()
+    return 0
+
+
+def _hex(text: str, n: int, what: str) -> bytes:
+    try:
+        b = bytes.fromhex(text)
+    except ValueError:
+        b = b""
+    if len(b) != n:
+        raise CliError(f"{what} must be {n} bytes in hex ({2 * n} hex digits)")
+    return b
+
+
+def cmd_dht(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    return run(_dht(args))
+
+
+# --------------------------------------------------------------------------- status
+def _status_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/") + ("" if args.url.rstrip("/").endswith("/status") else "/status")
+    d = args.data_dir
+    try:
+        with open(os.path.join(d, READY_FILE)) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise CliError(f"no running node found in {d} (no {READY_FILE}); pass --url http://HOST:PORT") from None
+    host, port = info["http"]
+    return f"http://{host}:{port}/status"
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}; is the node running?") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = fetch_status(_status_url(args), args.timeout)
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"node id        {st['node_id']}")
+    print(f"uptime         {st['uptime_seconds']:.1f} s")
+    for k, v in st.get("addresses", {}).items():
+        print(f"{k + ' address':<15}{v}")
+    print(f"routing table  {st['routing_table_size']} nodes")
+    print(f"peers          {len(st['peers'])}")
+    for p in st["peers"]:
+        print(f"  {p['node_id'][:16]}... {p['direction']} {p['address']}")
+    c = st["circuits"]
+    print(f"onion relay    {'yes' if c.get('relay') else 'no'}; circuits relayed {c.get('relayed_circuits', 0)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- testnet
+class _Testnet:
+    """N ``qudag node run`` processes on loopback in a temporary directory."""
+
+    def __init__(self, n: int, timeout: float) -> None:
+        self.n = n
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + timeout
+        self.tmp = tempfile.mkdtemp(prefix="qudag-testnet-")
+        self.procs: list[subprocess.Popen] = []
+        self.info: list[dict] = []
+        self.timings: list[tuple[str, float, str]] = []
+        self.directory_path = os.path.join(self.tmp, "relays.json")
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.2f}s] {msg}", flush=True)
+
+    def left(self) -> float:
+        r = self.deadline - time.monotonic()
+        if r <= 0:
+            raise CliError("testnet ran out of time (--timeout); its logs are kept with --keep")
+        return r
+
+    def dir(self, i: int) -> str:
+        return os.path.join(self.tmp, f"node{i:02d}")
+
+    def keygen(self) -> None:
+        pw = secrets.token_hex(16).encode()
+        self.pwfile = os.path.join(self.tmp, "passphrase")
+        _write_private(self.pwfile, pw + b"\n")
+        for i in range(self.n):
+            os.makedirs(self.dir(i), mode=0o700)
+            # Throwaway keys: a cheap scrypt cost keeps N keystores quick to open.
+            write_keystore(os.path.join(self.dir(i), "key"), Identity.generate(os.urandom).secrets(), pw,
+                           kdf_params=ScryptParams(1 << 10, 8, 1))
+
+    def spawn(self, i: int, bootstrap: list[tuple[str, int]]) -> None:
+        d = self.dir(i)
+        s = NodeSettings(keystore=os.path.join(d, "key"), passphrase_file=self.pwfile, data_dir=d,
+                         bootstrap=bootstrap, bootstrap_timeout=10.0, relay=True,
+                         onion_directory=self.directory_path)
+        cfg = os.path.join(d, "node.toml")
+        with open(cfg, "w") as f:
+            f.write(dump_toml(s))
+        with open(os.path.join(d, "node.log"), "wb") as logf:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "qudag_io.cli", "node", "run", "--config", cfg],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf))
+
+    def wait_ready(self, indices: range) -> None:
+        pending = set(indices)
+        while pending:
+            for i in sorted(pending):
+                path = os.path.join(self.dir(i), READY_FILE)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        self.info[i] = json.load(f)
+                    pending.discard(i)
+                elif self.procs[i].poll() is not None:
+                    raise CliError(f"node {i} exited with code {self.procs[i].returncode}; "
+                                   f"see {self.dir(i)}/node.log (use --keep)")
+            if pending:
+                if self.deadline - time.monotonic() <= 0:
+                    raise CliError(f"{len(pending)} nodes not ready before --timeout; see their node.log (use --keep)")
+                time.sleep(0.05)
+
+    def step(self, name: str, t: float, note: str = "") -> None:
+        dt = time.monotonic() - t
+        self.timings.append((name, dt, note))
+        self.say(f"{name}: {note or 'ok'} ({dt * 1000:.0f} ms)")
+
+    def stop(self) -> list[Optional[int]]:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        end = time.monotonic() + 15.0
+        codes: list[Optional[int]] = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(max(0.1, end - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                codes.append(None)
+        return codes
+
+
+async def _testnet_exercise(net: _Testnet) -> None:
+    from qudag_core.krpc import bencode
+    from qudag_io.dht import DhtNode
+    from qudag_io.link import connect
+    from qudag_io.node import send_message
+
+    def udp(i: int) -> tuple[str, int]:
+        h, p = net.info[i]["dht"]
+        return h, p
+
+    # DHT put through a short-lived node joined via node 1, get via one joined at the far
+    # end.  The putter stays up until the get is done: it is in the nodes' routing tables
+    # now, and a lookup that queries a vanished node waits out a query timeout.
+    value = bencode.encode(f"hello from the qudag testnet {secrets.token_hex(4)}".encode())
+    t = time.monotonic()
+    a = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(1 % net.n)]), net.left())
+    try:
+        target = await asyncio.wait_for(a.put(value), net.left())
+        net.step("DHT put", t, f"target {target.hex()[:16]}...")
+        t = time.monotonic()
+        b = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(net.n - 1)]), net.left())
+        try:
+            got = (await asyncio.wait_for(b.get(target), net.left())).value
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+    if got != value:
+        raise CliError("DHT get did not return the value put")
+    net.step("DHT get", t, "value matches")
+
+    # A message over a direct authenticated link to the last node.
+    t = time.monotonic()
+    last = net.info[net.n - 1]
+    host, port = last["link"][0]
+    conn = await asyncio.wait_for(connect(host, port, identity=Identity.generate(os.urandom),
+                                          expected_peer_id=bytes.fromhex(last["node_id"])), net.left())
+    async with conn:
+        await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
+    net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
+
+    # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
+    # directory file lists every node's relay certificate; each relay re-reads it when it
+    # needs a next hop it does not know.
+    from qudag_io.node import FileDirectory, write_directory
+    from qudag_io.onion import OnionClient, OnionNode
+
+    if net.n < 3:
+        net.say("3-hop circuit: skipped (needs at least 3 nodes)")
+        return
+    certs = []
+    for i in range(net.n):
+        with open(os.path.join(net.dir(i), ONION_CERT_FILE), "rb") as f:
+            certs.append(NodeCertificate.from_bytes(f.read()))
+    write_directory(net.directory_path, certs)
+    t = time.monotonic()
+    client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(net.directory_path), relay=False)
+    try:
+        circ = await OnionClient(client, per_subnet=None).build_circuit(hops=3, timeout=min(30.0, net.left()))
+        hops = [certs.index(next(c for c in certs if bytes(c.node_id) == n)) for n in circ.node_ids]
+        net.step("3-hop circuit", t, "through nodes " + " -> ".join(f"{h:02d}" for h in hops))
+        t = time.monotonic()
+        payload = secrets.token_bytes(64 * 1024)
+        stream = await circ.open_stream(circ.exit_node_id, "echo", timeout=min(30.0, net.left()))
+        await stream.send(payload)
+        back = await asyncio.wait_for(stream.readexactly(len(payload)), net.left())
+        await stream.close()
+        await circ.close()
+        if back != payload:
+            raise CliError("the echo through the circuit did not match")
+        net.step("circuit stream", t, f"{len(payload) // 1024} KiB echoed by node {hops[-1]:02d}")
+    finally:
+        await client.close()
+
+
+def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
+    if nodes < 2:
+        raise CliError("--nodes must be at least 2")
+    net = _Testnet(nodes, timeout)
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: same clean stop as ^C
+    ok = False
+    try:
+        net.say(f"testnet of {nodes} nodes, one process each, in {net.tmp}")
+        t = time.monotonic()
+        net.keygen()
+        net.step("identities", t, f"{nodes} keystores")
+        net.info = [{} for _ in range(nodes)]
+        t = time.monotonic()
+        net.spawn(0, [])
+        net.wait_ready(range(0, 1))
+        seed = tuple(net.info[0]["dht"])
+        net.step("seed node", t, f"node 00 up, DHT at {seed[0]}:{seed[1]}")
+        t = time.monotonic()
+        for i in range(1, nodes):
+            net.spawn(i, [seed])
+        net.wait_ready(range(1, nodes))
+        net.step("bootstrap", t, f"{nodes - 1} nodes joined through node 00")
+        run(_testnet_exercise(net))
+        if importlib.util.find_spec("qudag_io.dark") is None:
+            net.say("dark address: not yet available (the dark-address module is not merged)")
+        else:
+            net.say("dark address: module present but not yet wired into the testnet")
+        statuses = []
+        for i in range(nodes):
+            h, p = net.info[i]["http"]
+            statuses.append(fetch_status(f"http://{h}:{p}/status", min(5.0, net.left())))
+        print()
+        print(f"{'step':<14}{'ms':>9}  note")
+        for name, dt, note in net.timings:
+            print(f"{name:<14}{dt * 1000:>9.0f}  {note}")
+        print()
+        print(f"{'node':<5}{'node id':<18}{'dht':<22}{'table':>6}  metrics")
+        for i, st in enumerate(statuses):
+            h, p = net.info[i]["dht"]
+            hh, hp = net.info[i]["http"]
+            print(f"{i:02d}   {st['node_id'][:16]:<18}{h + ':' + str(p):<22}{st['routing_table_size']:>6}  "
+                  f"http://{hh}:{hp}/metrics")
+        ok = True
+    except KeyboardInterrupt:
+        net.say("interrupted; stopping the nodes")
+    finally:
+        # Stop and clean up before printing anything: stdout may be a closed pipe.
+        codes = net.stop()
+        signal.signal(signal.SIGTERM, old_term)
+        kept = keep or (debug and not ok)
+        if not kept:
+            shutil.rmtree(net.tmp, ignore_errors=True)
+        clean = sum(1 for c in codes if c == 0)
+        net.say(f"stopped {len(codes)} nodes ({clean} exited cleanly"
+                + (f", {len(codes) - clean} did not: see their node.log" if clean != len(codes) else "") + ")")
+        if kept:
+            net.say(f"kept {net.tmp}")
+    if ok and all(c == 0 for c in codes):
+        print("testnet: OK")
+        return 0
+    print("testnet: FAILED", file=sys.stderr)
+    return 1
+
+
+def cmd_testnet(args: argparse.Namespace) -> int:
+    return run_testnet(nodes=args.nodes, timeout=args.timeout, keep=args.keep, debug=args.debug)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qudag", description="qudag: a post-quantum peer-to-peer node.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def pw(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--passphrase-file", help="file whose first line is the passphrase (else $QUDAG_PASSPHRASE, else a prompt)")
+
+    p = sub.add_parser("keygen", help="create an identity in an encrypted keystore")
+    p.add_argument("--keystore", required=True, help="where to write it (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing keystore")
+    p.add_argument("--scrypt-log2n", type=int, default=15, choices=range(10, 21), metavar="10..20",
+                   help="scrypt cost log2(N) (default 15; lower only for throwaway test keys)")
+    pw(p)
+    p.set_defaults(func=cmd_keygen)
+
+    node = sub.add_parser("node", help="run a node").add_subparsers(dest="node_cmd", required=True)
+    p = node.add_parser("run", help="run a node until SIGINT/SIGTERM")
+    p.add_argument("--config", help="TOML config file (flags override it)")
+    p.add_argument("--keystore")
+    pw(p)
+    p.add_argument("--data-dir")
+    p.add_argument("--listen-tcp", metavar="HOST:PORT", help="link listen address")
+    p.add_argument("--listen-udp", metavar="HOST:PORT", help="DHT listen address")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT", help="DHT node to join through (repeatable)")
+    p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=None, help="run an onion relay")
+    p.add_argument("--onion-listen", metavar="HOST:PORT", help="onion relay listen address")
+    p.add_argument("--onion-directory", metavar="FILE", help="relay directory file (JSON list of hex certificates)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="metrics/status HTTP address (default 127.0.0.1:0)")
+    p.add_argument("--no-http", action="store_true", help="no metrics/status server")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_node_run)
+
+    p = sub.add_parser("send", help="send messages to a node over an authenticated link")
+    p.add_argument("--to", metavar="HOST:PORT")
+    p.add_argument("--peer-id", help="the peer's node id (hex); the handshake fails unless it proves it")
+    p.add_argument("--peer-cert", help="the peer's certificate file (node.cert in its data dir)")
+    p.add_argument("--keystore", help="our identity (default: a fresh throwaway one)")
+    pw(p)
+    p.add_argument("--hops", type=int, default=0, help="send over an onion circuit of N hops ending at --peer-id")
+    p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("message", nargs="+", help="messages (one link message each); '-' reads one from stdin")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("listen", help="accept links and print the messages received")
+    p.add_argument("--keystore", required=True)
+    pw(p)
+    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    p.add_argument("--count", type=int, default=0, help="exit after this many messages (0: run until SIGINT)")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("dht", help="DHT operations through a short-lived node")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT", help="a running node's UDP address")
+    p.add_argument("--bind", default="127.0.0.1", help="local address of the short-lived node")
+    p.add_argument("--timeout", type=float, default=10.0)
+    dsub = p.add_subparsers(dest="dht_cmd", required=True)
+    q = dsub.add_parser("put", help="store a string (BEP 44 immutable); prints the target")
+    q.add_argument("value")
+    q = dsub.add_parser("get", help="fetch the value stored under a target")
+    q.add_argument("target")
+    q = dsub.add_parser("find-node", help="the closest nodes to a target")
+    q.add_argument("target")
+    q = dsub.add_parser("ping", help="ping a DHT node")
+    q.add_argument("address", metavar="HOST:PORT")
+    p.set_defaults(func=cmd_dht)
+
+    p = sub.add_parser("status", help="print a running node's status")
+    p.add_argument("--url", help="the node's HTTP address, e.g. http://127.0.0.1:9100")
+    p.add_argument("--data-dir", default=".", help="find the node through node.json in its data dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("testnet", help="run N nodes on loopback, one process each, and exercise them")
+    p.add_argument("--nodes", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=120.0, help="overall bound in seconds")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    p.set_defaults(func=cmd_testnet)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("qudag: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        msg = str(exc) if isinstance(exc, (CliError, ConfigError)) else _describe(exc)
+        print(f"qudag: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    from qudag_io.dht import DhtError
+    from qudag_io.link import ConnectionClosed
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out; is the peer running and reachable? (--debug for details)"
+    if isinstance(exc, ConnectionClosed):
+        return f"link failed: {exc.reason or 'closed'} (code {exc.error_code}); check the address and --peer-id"
+    if isinstance(exc, DhtError):
+        return f"DHT operation failed: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused; is the node running on that address?"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

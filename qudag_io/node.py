@@ -1,0 +1,500 @@
+"""The node runtime: one identity, a TCP link listener, a UDP DHT node, the metrics/status
+HTTP server, metrics wired to where events happen, and a clean shutdown.
+
+What runs (``await Node.start(identity, settings)``):
+
+* a link listener (``qudag_io.link.listen``) on ``settings.link_listen``; every accepted,
+  authenticated link is a *peer*.  Links carry application messages (:data:`MSG_DATA`
+  prefix; each is acknowledged with :data:`MSG_ACK` + its BLAKE3-256 digest so the sender
+  knows it arrived intact) and handed to ``on_message(peer_id, data)``;
+* a ``DhtNode`` (KRPC over UDP) on ``settings.dht_listen``, bootstrapping from
+  ``settings.bootstrap``; the node's own DHT operations go through :meth:`Node.dht_put`,
+  :meth:`dht_get`, :meth:`dht_find_node`, :meth:`dht_ping`, which time them into the
+  metrics;
+* ``start_http_server`` on ``settings.http_listen`` (127.0.0.1 by default) with
+  ``/metrics`` and ``/status``.
+
+The decision a reader would ask about: **where metrics come from without editing the
+adapters.**  The node counts at its own boundary: link connections; handshake outcomes
+(a failed dial's exception, or a failed inbound handshake reported by the listener's
+``on_handshake_failed`` hook, classified by its handshake error code); application
+message payload bytes on links (``transport="tcp"``: not wire bytes, the link adapter
+has no byte hook); every UDP datagram of the DHT socket (wire bytes, ``transport="udp"``,
+by wrapping the datagram transport's ``sendto`` and the protocol's ``datagram_received``
+right after ``DhtNode.start``, so the first bootstrap queries are not counted); the DHT
+core's rate-limiter drops (its counter, read after each datagram); and the DHT
+operations the node starts, with their latency.
+
+With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
+listener** (``settings.onion_listen``): the simplest honest wiring, as the onion adapter
+owns its links (cells only, one link per neighbour) while the node's links carry
+application messages; sharing one listener would need a protocol switch on the link.
+The relay's directory is a :class:`FileDirectory` (certificates in a JSON file, re-read
+when a relay is missing) until relay descriptors are distributed through the DHT.  As a
+circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"``
+service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
+reports the number of circuits relayed (from the relay core's table).
+
+Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
+at shutdown (the persistence layer passes one to :meth:`Node.start`), and
+``restore_contacts`` are DHT contacts it loaded back, bootstrapped from with the
+configured nodes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable, Iterable, Optional
+
+from qudag_core.crypto import blake3_hash
+from qudag_core.identity import Identity, NodeCertificate, NodeId
+from qudag_io.config import NodeSettings
+from qudag_io.dht import DhtError, DhtNode
+from qudag_io.http import HttpServer, start_http_server
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
+from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
+
+__all__ = ["FileDirectory", "MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message",
+           "send_over_stream", "write_directory"]
+
+log = logging.getLogger("qudag.node")
+
+MSG_DATA = b"\x00"
+"""Prefix of an application message on a node link."""
+MSG_ACK = b"\x01"
+"""Prefix of the acknowledgement: ``MSG_ACK + blake3(data, 32)``."""
+
+MAX_APP_MESSAGE = 1 << 20
+"""Largest message the ``"msg"`` onion service accepts (its u32 length prefix is checked
+against it before anything is buffered).  On a link the channel's frame limit (64 KiB)
+is the tighter bound."""
+
+_HS_REASONS = {
+    0x02: HandshakeFailure.BAD_MESSAGE, 0x03: HandshakeFailure.BAD_MESSAGE, 0x04: HandshakeFailure.BAD_MESSAGE,
+    0x05: HandshakeFailure.VERSION, 0x06: HandshakeFailure.AUTH_FAILED, 0x07: HandshakeFailure.AUTH_FAILED,
+    0x09: HandshakeFailure.COOKIE, 0x0A: HandshakeFailure.TIMEOUT,
+}
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def classify_handshake_failure(exc: BaseException) -> HandshakeFailure:
+    """The ``reason`` label for a failed dial."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return HandshakeFailure.TIMEOUT
+    if isinstance(exc, ConnectionClosed):
+        return _HS_REASONS.get(exc.error_code, HandshakeFailure.OTHER)
+    return HandshakeFailure.OTHER
+
+
+async def send_message(conn: Connection, data: bytes, *, timeout: float = 10.0) -> None:
+    """Send one application message over a node link and wait for its acknowledgement."""
+    await conn.send(MSG_DATA + data)
+    want = MSG_ACK + blake3_hash(data, 32)
+
+    async def ack() -> None:
+        for _ in range(64):
+            reply = await conn.recv()
+            if reply[:1] == MSG_ACK:
+                if reply != want:
+                    raise ConnectionClosed(0, "acknowledgement digest mismatch", True)
+                return
+        raise ConnectionClosed(0, "no acknowledgement", True)
+
+    await asyncio.wait_for(ack(), timeout)
+
+
+#: Bytes the "echo" onion service returns at most per stream (bounded work per stream).
+ECHO_LIMIT = 1 << 20
+
+
+def write_directory(path: str, certificates: list[NodeCertificate]) -> None:
+    """Write a relay directory file (JSON list of hex certificates), atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump([c.to_bytes().hex() for c in certificates], f)
+    os.replace(tmp, path)
+
+
+class FileDirectory(RelayDirectory):
+    """A ``RelayDirectory`` read from a file of certificates, re-read if it changed (size
+    or mtime) when a relay is not found in it, and at most once per ``min_interval``
+    seconds when a path is selected.  Certificates that do not verify are skipped.
+
+    This is the static stand-in for a directory distributed through the DHT."""
+
+    def __init__(self, path: str, *, min_interval: float = 0.5) -> None:
+        super().__init__()
+        self.path = path
+        self.min_interval = min_interval
+        self._checked = float("-inf")
+        self._mtime: Optional[tuple[int, int]] = None
+        self.reload()
+
+    def reload(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+            if (st.st_mtime_ns, st.st_size) == self._mtime or st.st_size > (1 << 22):
+                return
+            with open(self.path) as f:
+                items = json.load(f)
+            self._mtime = (st.st_mtime_ns, st.st_size)
+        except (OSError, ValueError):
+            return
+        now = time.time()
+        for item in items if isinstance(items, list) else ():
+            try:
+                cert = NodeCertificate.from_bytes(bytes.fromhex(item))
+                cert.verify(now)
+            except Exception as exc:  # a bad entry is skipped, not fatal
+                log.warning("directory %s: skipping an entry: %s", self.path, type(exc).__name__)
+                continue
+            self.add(DirectoryEntry(cert))
+
+    def _maybe_reload(self) -> None:
+        if time.monotonic() - self._checked >= self.min_interval:
+            self.reload()
+
+    def get(self, node_id: bytes) -> Optional[DirectoryEntry]:
+        e = super().get(node_id)
+        if e is None:
+            self.reload()  # one stat(); the file is only read again if it changed
+            e = super().get(node_id)
+        return e
+
+    def relay_infos(self) -> list:
+        self._maybe_reload()
+        return super().relay_infos()
+
+
+async def echo_service(stream: OnionStream) -> None:
+    """The "echo" onion service: returns what it receives (at most ``ECHO_LIMIT`` bytes)."""
+    total = 0
+    try:
+        while total < ECHO_LIMIT:
+            data = await stream.recv()
+            if not data:
+                break
+            total += len(data)
+            await stream.send(data)
+    except StreamClosed:
+        return
+    finally:
+        await stream.close()
+
+
+async def send_over_stream(stream: OnionStream, data: bytes, *, timeout: float = 10.0) -> None:
+    """Send one application message to a node's ``"msg"`` onion service and wait for its
+    acknowledgement.  On a stream a message is ``u32 length || data``; the ack is the same
+    as on a link: ``MSG_ACK + blake3(data, 32)``."""
+    if len(data) > MAX_APP_MESSAGE:
+        raise ValueError(f"message larger than {MAX_APP_MESSAGE} bytes")
+    await stream.send(len(data).to_bytes(4, "big") + data)
+    ack = await asyncio.wait_for(stream.readexactly(33), timeout)
+    if ack != MSG_ACK + blake3_hash(data, 32):
+        raise StreamClosed("acknowledgement digest mismatch", unacked_bytes=0, unacked_messages=0, cause=None)
+
+
+class Node:
+    """A running qudag node (see the module docstring)."""
+
+    def __init__(self, identity: Identity, settings: NodeSettings, *, metrics: Optional[NodeMetrics] = None,
+                 on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None,
+                 save_hooks: Iterable[Callable[[dict], Any]] = (),
+                 restore_contacts: Iterable[tuple[str, int]] = ()) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.metrics = metrics or NodeMetrics()
+        self.on_message = on_message
+        self.save_hooks: list[Callable[[dict], Any]] = list(save_hooks)
+        """Called with :meth:`snapshot` at shutdown; the persistence layer adds one."""
+        self.restore_contacts: list[tuple[str, int]] = [tuple(a) for a in restore_contacts]  # type: ignore[misc]
+        """DHT contacts loaded by the persistence layer (``Node.start(..., restore_contacts=)``);
+        bootstrapped from together with the configured nodes."""
+        self.listener: Optional[Listener] = None
+        self.dht: Optional[DhtNode] = None
+        self.http: Optional[HttpServer] = None
+        self.onion: Optional[OnionNode] = None
+        self.certificate: Optional[NodeCertificate] = None
+        self.peers: dict[Connection, Direction] = {}
+        self._t0 = time.monotonic()
+        self._dht_drops_seen = 0
+        self._stopped = False
+        self._addresses: Optional[dict[str, Any]] = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    @classmethod
+    async def start(cls, identity: Identity, settings: NodeSettings, **kw: Any) -> "Node":
+        self = cls(identity, settings, **kw)
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(save=False)
+            raise
+        return self
+
+    async def _start(self) -> None:
+        s = self.settings
+        self.listener = await listen(*s.link_listen, identity=self.identity, handler=self._on_link,
+                                     on_handshake_failed=self._inbound_handshake_failed)
+        self.certificate = self.listener.certificate
+        boot = list(dict.fromkeys([*s.bootstrap, *self.restore_contacts]))
+        # The DHT id is derived from the identity so the node keeps its place in the keyspace.
+        dht_id = blake3_hash(bytes(self.identity.node_id), 20)
+        self.dht = await DhtNode.start(*s.dht_listen, node_id=dht_id, bootstrap=boot, wait_bootstrap=False)
+        self._meter_udp(self.dht)
+        if boot:
+            t = time.monotonic()
+            try:
+                size = await asyncio.wait_for(asyncio.shield(self.dht._bootstrapped), s.bootstrap_timeout)
+            except asyncio.TimeoutError:
+                self.metrics.dht_op(DhtOp.FIND_NODE, DhtOutcome.TIMEOUT, time.monotonic() - t)
+                log.warning("DHT bootstrap did not finish within %.0fs; running anyway", s.bootstrap_timeout)
+            else:
+                self.metrics.dht_op(DhtOp.FIND_NODE, DhtOutcome.OK, time.monotonic() - t)
+                log.info("DHT bootstrapped: %d nodes in the routing table", size)
+        if s.relay:
+            directory = FileDirectory(s.onion_directory) if s.onion_directory else RelayDirectory()
+            self.onion = await OnionNode.start(self.identity, directory, host=s.onion_listen[0],
+                                               port=s.onion_listen[1])
+            self.onion.register_service("echo", echo_service)
+            self.onion.register_service("msg", self._message_service)
+            self._meter_onion(self.onion)
+        if s.http_enabled:
+            if not _is_loopback(s.http_listen[0]):
+                log.warning("the status/metrics server listens on %s, not loopback: /status lists this "
+                            "node's peers to anyone who can reach it", s.http_listen[0])
+            self.http = await start_http_server(*s.http_listen, metrics=self.metrics, status_provider=self.status)
+        self._addresses = self._bound_addresses()
+
+    def _meter_udp(self, dht: DhtNode) -> None:
+        """Count the DHT socket's datagrams by wrapping its transport and protocol."""
+        transport = dht._transport
+        assert transport is not None
+        metrics = self.metrics
+        protocol = transport.get_protocol()
+        inner_received = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            metrics.bytes_received(len(data), Transport.UDP)
+            inner_received(data, addr)
+            self._sync_drops()  # the core's per-IP limiter decides on receipt
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+        class _CountingTransport:
+            def __init__(self, inner: Any) -> None:
+                self._inner = inner
+
+            def sendto(self, data: bytes, addr: Any = None) -> None:
+                metrics.bytes_sent(len(data), Transport.UDP)
+                self._inner.sendto(data, addr)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._inner, name)
+
+        dht._transport = _CountingTransport(transport)  # type: ignore[assignment]
+
+    def _meter_onion(self, onion: OnionNode) -> None:
+        """Onion link traffic (bytes, ``transport="tcp"``) through the adapter's public
+        per-message hooks.  ``cells_relayed`` is not counted: a link message does not say
+        whether its cells are forwarded or originated here (an exit's replies)."""
+        metrics = self.metrics
+
+        def recv(peer: bytes, message: bytes) -> None:
+            metrics.bytes_received(len(message), Transport.TCP)
+
+        def send(peer: bytes, message: bytes) -> None:
+            metrics.bytes_sent(len(message), Transport.TCP)
+
+        onion.link_recv_hook = recv
+        onion.link_send_hook = send
+
+    def _sync_drops(self) -> None:
+        if self.dht is None:
+            return
+        dropped = getattr(getattr(self.dht.core, "ratelimit", None), "drops", None)
+        if isinstance(dropped, int) and dropped > self._dht_drops_seen:
+            self.metrics.ratelimit_drop(Limiter.DHT_QUERIES, dropped - self._dht_drops_seen)
+            self._dht_drops_seen = dropped
+
+    async def stop(self, *, save: bool = True) -> list[str]:
+        """Tell peers (link CLOSE), save state through the hooks, close everything.
+        Returns one line per save hook saying what it did (empty when none is set)."""
+        if self._stopped:
+            return []
+        self._stopped = True
+        results: list[str] = []
+        # Peers first, with a reason (an authenticated link CLOSE), all at once and bounded;
+        # then the listener, which also ends links still mid-handshake.
+        if self.peers:
+            await asyncio.gather(*(c.close(0, "node shutting down", timeout=2.0) for c in list(self.peers)),
+                                 return_exceptions=True)
+        if self.listener is not None:
+            await self.listener.close()
+        if save:
+            snap = self.snapshot()
+            for hook in self.save_hooks:
+                try:
+                    r = hook(snap)
+                    if asyncio.iscoroutine(r):
+                        r = await r
+                    results.append(str(r) if r is not None else "saved")
+                except Exception as exc:  # a failed save must not prevent the rest of the shutdown
+                    log.error("saving state failed: %s", exc)
+                    results.append(f"failed: {exc}")
+        if self.onion is not None:
+            await self.onion.close()
+        if self.dht is not None:
+            await self.dht.close()
+        if self.http is not None:
+            await self.http.close()
+        return results
+
+    # -- links ---------------------------------------------------------------------------
+    async def _on_link(self, conn: Connection) -> None:
+        await self._serve_peer(conn, Direction.INBOUND)
+
+    async def _serve_peer(self, conn: Connection, direction: Direction) -> None:
+        self.metrics.handshake_ok()
+        self.metrics.connection_opened(direction)
+        self.peers[conn] = direction
+        log.info("%s link with %s", direction.value, conn.peer_node_id)
+        try:
+            async for msg in conn:
+                self.metrics.bytes_received(len(msg), Transport.TCP)
+                if msg[:1] != MSG_DATA or len(msg) > MAX_APP_MESSAGE:
+                    continue  # not ours (or too large): ignore, the link stays usable
+                data = msg[1:]
+                reply = MSG_ACK + blake3_hash(data, 32)
+                await conn.send(reply)
+                self.metrics.bytes_sent(len(reply), Transport.TCP)
+                if self.on_message is not None:
+                    r = self.on_message(conn.peer_node_id, data)
+                    if asyncio.iscoroutine(r):
+                        await r
+        finally:
+            self.peers.pop(conn, None)
+            self.metrics.connection_closed(direction)
+
+    async def _message_service(self, stream: OnionStream) -> None:
+        """The ``"msg"`` onion service: messages arriving over a circuit (the sender is
+        anonymous, so ``on_message`` gets ``None`` as the peer)."""
+        try:
+            while True:
+                try:
+                    n = int.from_bytes(await stream.readexactly(4), "big")
+                except StreamClosed:
+                    return  # the sender ended the stream
+                if n > MAX_APP_MESSAGE:
+                    return
+                data = await stream.readexactly(n)
+                await stream.send(MSG_ACK + blake3_hash(data, 32))
+                if self.on_message is not None:
+                    r = self.on_message(None, data)
+                    if asyncio.iscoroutine(r):
+                        await r
+        except StreamClosed:
+            return
+        finally:
+            await stream.close()
+
+    def _inbound_handshake_failed(self, exc: ConnectionClosed) -> None:
+        self.metrics.handshake_failed(classify_handshake_failure(exc))
+
+    async def dial(self, host: str, port: int, *, peer_id: Optional[bytes] = None,
+                   peer_certificate: Optional[NodeCertificate] = None, timeout: float = 10.0) -> Connection:
+        """Open an authenticated link; handshake outcomes are counted."""
+        try:
+            conn = await connect(host, port, identity=self.identity, expected_peer_id=peer_id,
+                                 peer_certificate=peer_certificate, timeout=timeout)
+        except (ConnectionClosed, asyncio.TimeoutError) as exc:
+            self.metrics.handshake_failed(classify_handshake_failure(exc))
+            raise
+        return conn
+
+    # -- DHT -----------------------------------------------------------------------------
+    async def _timed(self, op: DhtOp, aw: Awaitable[Any]) -> Any:
+        t = time.monotonic()
+        try:
+            result = await aw
+        except DhtError as exc:
+            outcome = DhtOutcome.TIMEOUT if "timeout" in str(exc).lower() else DhtOutcome.ERROR
+            self.metrics.dht_op(op, outcome, time.monotonic() - t)
+            raise
+        self.metrics.dht_op(op, DhtOutcome.OK, time.monotonic() - t)
+        return result
+
+    async def dht_put(self, bencoded_value: bytes) -> bytes:
+        assert self.dht is not None
+        return await self._timed(DhtOp.PUT, self.dht.put(bencoded_value))
+
+    async def dht_get(self, target: bytes) -> Optional[bytes]:
+        assert self.dht is not None
+        return (await self._timed(DhtOp.GET, self.dht.get(target))).value
+
+    async def dht_find_node(self, target: bytes) -> Any:
+        assert self.dht is not None
+        return await self._timed(DhtOp.FIND_NODE, self.dht.find_node(target))
+
+    async def dht_ping(self, addr: tuple) -> Any:
+        assert self.dht is not None
+        return await self._timed(DhtOp.PING, self.dht.ping(addr))
+
+    # -- status and state ----------------------------------------------------------------
+    def addresses(self) -> dict[str, Any]:
+        """Bound addresses (recorded at start, so still answerable after :meth:`stop`)."""
+        if self._addresses is None:
+            self._addresses = self._bound_addresses()
+        return self._addresses
+
+    def _bound_addresses(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.listener is not None:
+            out["link"] = [list(a) for a in self.listener.addresses]
+        if self.dht is not None:
+            out["dht"] = list(self.dht.address)
+        if self.onion is not None:
+            out["onion"] = list(self.onion.address)
+        if self.http is not None:
+            out["http"] = [self.http.host, self.http.port]
+        return out
+
+    def status(self) -> dict:
+        """The ``/status`` document."""
+        self._sync_drops()
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "dht_node_id": self.dht.node_id.hex() if self.dht else None,
+            "uptime_seconds": round(time.monotonic() - self._t0, 3),
+            "addresses": self.addresses(),
+            "peers": [{"node_id": c.peer_node_id.hex(), "direction": d.value, "address": list(c.remote_address[:2])}
+                      for c, d in self.peers.items()],
+            "running": not self._stopped,
+            "routing_table_size": len(self.dht.core.table) if self.dht else 0,
+            "stored_records": len(self.dht.core.store) if self.dht and hasattr(self.dht.core.store, "__len__") else None,
+            "circuits": ({"relay": True, "relayed_circuits": len(self.onion.relay._circuits),
+                          "directory_size": len(self.onion.directory)} if self.onion is not None
+                         else {"relay": False, "relayed_circuits": 0}),
+        }
+
+    def snapshot(self) -> dict:
+        """What a persistence layer would keep: identity-free, secret-free node state."""
+        contacts: list[tuple[bytes, tuple]] = []
+        if self.dht is not None:
+            for n in self.dht.core.table.closest(self.dht.node_id, 64):
+                contacts.append((bytes(n.node_id), tuple(n.addr)))
+        return {"node_id": self.identity.node_id.hex(), "dht_contacts": contacts, "saved_at": time.time()}
+

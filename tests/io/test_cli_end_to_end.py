@@ -1,0 +1,293 @@
+"""The ``qudag`` command line end to end, every command in its own subprocess, loopback only.
+
+Every process a test starts is ended by that test (SIGTERM, then a bounded wait, then
+kill) and every wait is bounded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PASS = "correct horse battery staple"
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("QUDAG_PASSPHRASE", None)
+    env.update(extra)
+    return env
+
+
+def qudag(*args: str, passphrase: str | None = PASS, timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:
+    env = _env(**({"QUDAG_PASSPHRASE": passphrase} if passphrase is not None else {}))
+    return subprocess.run([sys.executable, "-m", "qudag_io.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def keygen(path: str) -> str:
+    r = qudag("keygen", "--keystore", path, "--scrypt-log2n", "10")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[2]
+
+
+class RunningNode:
+    def __init__(self, tmp, name: str, *extra: str) -> None:
+        self.dir = str(tmp / name)
+        self.node_id = keygen(os.path.join(self.dir, "key"))
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qudag_io.cli", "node", "run", "--keystore", os.path.join(self.dir, "key"), *extra],
+            env=_env(QUDAG_PASSPHRASE=PASS), stdout=subprocess.PIPE, stderr=self.log, text=True,
+            stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline()  # the READY line (bounded: the node exits on failure)
+        assert line, f"node did not start: {self.stderr()}"
+        self.info = json.loads(line)
+        assert self.info["node_id"] == self.node_id
+
+    def udp(self) -> str:
+        h, p = self.info["dht"]
+        return f"{h}:{p}"
+
+    def tcp(self) -> str:
+        h, p = self.info["link"][0]
+        return f"{h}:{p}"
+
+    def http(self) -> str:
+        h, p = self.info["http"]
+        return f"http://{h}:{p}"
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = -9
+        self.proc.stdout.close()
+        return rc
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    started: list[RunningNode] = []
+
+    def start(name: str, *extra: str) -> RunningNode:
+        n = RunningNode(tmp_path, name, *extra)
+        started.append(n)
+        return n
+
+    yield start
+    for n in started:
+        n.stop()
+        n.log.close()
+
+
+def test_keygen_private_file_and_wrong_passphrase(tmp_path):
+    key = str(tmp_path / "k" / "key")
+    node_id = keygen(key)
+    assert len(node_id) == 40
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    # A second keygen refuses to overwrite.
+    r = qudag("keygen", "--keystore", key)
+    assert r.returncode == 1 and "already exists" in r.stderr
+    # Wrong passphrase: one line, no traceback.
+    r = qudag("node", "run", "--keystore", key, passphrase="wrong")
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"qudag: error: wrong passphrase for keystore {key}"
+    # No passphrase source and no terminal: told what to do.
+    r = qudag("node", "run", "--keystore", key, passphrase=None)
+    assert r.returncode == 1 and "QUDAG_PASSPHRASE" in r.stderr and "Traceback" not in r.stderr
+    # From a file.
+    pf = tmp_path / "pw"
+    pf.write_text(PASS + "\n")
+    r = qudag("send", "--keystore", key, "--passphrase-file", str(pf), "--to", "127.0.0.1:1",
+              "--peer-id", node_id, "x", passphrase=None, timeout=30)
+    assert r.returncode == 1 and "refused" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_two_nodes_message_dht_status_and_sigterm(nodes):
+    a = nodes("a")
+    b = nodes("b", "--bootstrap", a.udp(), "--log-level", "debug")
+    # A message sent directly over an authenticated link, acknowledged with its digest.
+    r = qudag("send", "--to", b.tcp(), "--peer-id", b.node_id, "hello", "world", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("acknowledged, digest verified") == 2
+    # The wrong peer id fails the handshake with one line.
+    r = qudag("send", "--to", b.tcp(), "--peer-id", a.node_id, "x", passphrase=None)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    # DHT put through one node, get through the other.
+    r = qudag("dht", "--bootstrap", a.udp(), "put", "a value for the DHT", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    target = r.stdout.strip()
+    assert len(target) == 40
+    r = qudag("dht", "--bootstrap", b.udp(), "get", target, passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "a value for the DHT"
+    r = qudag("dht", "ping", a.udp(), passphrase=None)
+    assert r.returncode == 0 and r.stdout.startswith("pong from ")
+    # status through the HTTP endpoint, by URL and by data dir.
+    r = qudag("status", "--url", b.http(), "--json", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["node_id"] == b.node_id and st["routing_table_size"] >= 1 and st["uptime_seconds"] > 0
+    r = qudag("dht", "--bootstrap", a.udp(), "find-node", st["dht_node_id"], passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"{st['dht_node_id']} {b.udp()}" in r.stdout.splitlines()
+    r = qudag("dht", "--bootstrap", a.udp(), "get", "zz", passphrase=None)
+    assert r.returncode == 1 and "40 hex digits" in r.stderr
+    r = qudag("status", "--data-dir", a.dir, passphrase=None)
+    assert r.returncode == 0 and a.node_id in r.stdout
+    # metrics saw the link and the DHT traffic
+    text = urllib.request.urlopen(b.http() + "/metrics", timeout=5).read().decode()
+    # (the dial with the wrong peer id failed its handshake: only one link was made)
+    assert 'qudag_connections_opened_total{direction="inbound"} 1.0' in text
+    assert 'qudag_connections_active{direction="inbound"} 0.0' in text
+    assert 'qudag_handshakes_ok_total 1.0' in text
+    in_udp = [ln for ln in text.splitlines() if ln.startswith('qudag_bytes_received_total{transport="udp"}')]
+    assert in_udp and float(in_udp[0].split()[-1]) > 0
+    # SIGTERM: clean exit, and the node reports what happened to its state.
+    assert b.stop() == 0
+    log = b.stderr()
+    assert "state not saved: no persistence layer configured" in log and "shutdown complete" in log
+    assert PASS not in log
+    from qudag_io.keystore import read_keystore
+    for secret in read_keystore(os.path.join(b.dir, "key"), PASS.encode()).values():
+        assert secret.hex() not in log.lower() and repr(secret)[2:-1] not in log
+    assert not os.path.exists(os.path.join(b.dir, "node.json"))
+
+
+def test_listen_prints_messages(tmp_path):
+    key = str(tmp_path / "l" / "key")
+    node_id = keygen(key)
+    proc = subprocess.Popen([sys.executable, "-m", "qudag_io.cli", "listen", "--keystore", key, "--count", "2"],
+                            env=_env(QUDAG_PASSPHRASE=PASS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        info = json.loads(proc.stdout.readline())
+        h, p = info["link"]
+        r = qudag("send", "--to", f"{h}:{p}", "--peer-id", node_id, "first", "second", passphrase=None)
+        assert r.returncode == 0, r.stderr
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert [ln.split(": ", 1)[1] for ln in lines] == ["first", "second"]
+
+
+def test_debug_shows_the_traceback_otherwise_one_line():
+    r = qudag("status", "--url", "http://127.0.0.1:1", passphrase=None)
+    assert r.returncode == 1 and r.stderr.startswith("qudag: error: cannot reach") and "is the node running?" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = qudag("--debug", "status", "--url", "http://127.0.0.1:1", passphrase=None)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
+
+
+def test_config_errors_are_one_line(tmp_path):
+    key = str(tmp_path / "c" / "key")
+    keygen(key)
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\nkeystore = "{key}"\n[dht]\nbootsrap = ["127.0.0.1:1"]\n')
+    r = qudag("node", "run", "--config", str(cfg))
+    assert r.returncode == 1 and "unknown key 'bootsrap'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    cfg.write_text(f'[node]\nkeystore = "{key}"\n[onion]\nrelay = "yes"\n')
+    r = qudag("node", "run", "--config", str(cfg))
+    assert r.returncode == 1 and "relay must be a bool" in r.stderr
+
+
+def test_send_over_a_three_hop_circuit(nodes, tmp_path):
+    directory = str(tmp_path / "relays.json")
+    relays = [nodes(f"r{i}", "--relay", "--onion-directory", directory, "--no-http") for i in range(3)]
+    certs = []
+    for r in relays:
+        with open(os.path.join(r.dir, "onion.cert"), "rb") as f:
+            certs.append(f.read().hex())
+    with open(directory, "w") as f:
+        json.dump(certs, f)
+    exit_node = relays[1]
+    r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", exit_node.node_id,
+              "over", "three hops", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("over a 3-hop circuit (acknowledged, digest verified)") == 2
+    assert exit_node.stop() == 0
+    assert exit_node.stderr().count("message over a circuit") == 2
+    # An exit that is not a relay: one line saying what to do.
+    r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", "00" * 20, "x", passphrase=None)
+    assert r.returncode == 1 and "is not a relay" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/promtool"), reason="promtool not installed (/usr/bin/promtool)")
+def test_promtool_accepts_a_running_nodes_metrics(nodes):
+    a = nodes("p")
+    text = urllib.request.urlopen(a.http() + "/metrics", timeout=5).read()
+    r = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_testnet_five_nodes(tmp_path):
+    t = time.monotonic()
+    r = qudag("testnet", "--nodes", "5", "--timeout", "60", passphrase=None, timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for step in ("bootstrap:", "DHT put:", "DHT get: value matches", "link message:", "stopped 5 nodes (5 exited cleanly)"):
+        assert step in out, out
+    assert "3-hop circuit: through nodes" in out and "circuit stream: 64 KiB echoed" in out
+    assert "dark address:" in out
+    assert out.count("/metrics") == 5 and out.rstrip().endswith("testnet: OK")
+    assert time.monotonic() - t < 90
+    # Every node process has ended: none of the metrics ports still answers.
+    for line in out.splitlines():
+        if line.rstrip().endswith("/metrics"):
+            url = line.split()[-1]
+            with pytest.raises(OSError):
+                urllib.request.urlopen(url, timeout=2)
+    tmpdirs = [ln for ln in out.splitlines() if "testnet of 5 nodes" in ln]
+    assert tmpdirs and not os.path.exists(tmpdirs[0].split(" in ")[-1])
+
+
+def test_testnet_sigint_stops_every_node(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "qudag_io.cli", "testnet", "--nodes", "4", "--timeout", "60"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    pids: list[int] = []
+    try:
+        first = proc.stdout.readline()
+        tmp = first.rstrip().split(" in ")[-1]
+        for _ in range(20):  # bounded: one line per step
+            line = proc.stdout.readline()
+            if not line or "bootstrap:" in line:
+                break
+        assert "bootstrap:" in line, line
+        for i in range(4):
+            with open(os.path.join(tmp, f"node{i:02d}", "node.json")) as f:
+                pids.append(json.load(f)["pid"])
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "stopped 4 nodes (4 exited cleanly)" in out and "testnet: FAILED" in err
+    for pid in pids:  # reaped by the testnet: gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not os.path.exists(tmp)
