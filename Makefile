@@ -9,7 +9,7 @@ DEB_PACKAGES := build-essential libssl-dev pkg-config iproute2 nftables iptables
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv install test test-pure demo bench clean
+.PHONY: all deps venv install test test-pure demo demo-link bench clean
 
 all: test
 
@@ -43,6 +43,9 @@ test-pure: install
 	QUDAG_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
+	$(VENV)/bin/qudag testnet --nodes 20
+
+demo-link: install
 	$(PY) -m qudag_io.demo
 
 bench: install

@@ -46,6 +46,7 @@ log = logging.getLogger("qudag.cli")
 
 READY_FILE = "node.json"
 CERT_FILE = "node.cert"
+DB_FILE = "node.db"
 ONION_CERT_FILE = "onion.cert"
 
 
@@ -152,10 +153,50 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
     def on_message(peer: Optional[NodeId], data: bytes) -> None:
         log.info("message %s: %d bytes", f"from {peer}" if peer is not None else "over a circuit", len(data))
 
-    node = await Node.start(identity, settings, on_message=on_message)
-    # Integration point for qudag_io.persist (branch `persist`): it will register
-    # Node.start(..., save_hooks=[...], restore_contacts=[...]) here.  Until then nothing is saved.
+    from qudag_io.persist import NodeDatabase, PersistError
+
     data_dir = settings.resolved_data_dir()
+    db_path = os.path.join(data_dir, DB_FILE)
+    try:
+        db = NodeDatabase.open(db_path)
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+    holder: dict[str, Any] = {}
+
+    def save_state(_snapshot: dict) -> str:
+        db.save(holder["node"].dht.core, loop.time())
+        return f"{db_path} (routing table, reputation; records are written through)"
+
+    try:
+        node = await Node.start(identity, settings, on_message=on_message, save_hooks=[save_state])
+    except BaseException:
+        db.close()
+        raise
+    holder["node"] = node
+    saved_id = db.saved_node_id()
+    if saved_id is not None and saved_id != node.dht.node_id:
+        await node.stop(save=False)
+        db.close()
+        raise CliError(f"{db_path} belongs to another node identity: use that identity's keystore or another --data-dir")
+    n_nodes, n_peers, n_records = db.attach(node.dht.core, loop.time())
+    log.info("restored from %s: %d routing entries, %d reputation scores, %d records",
+             db_path, n_nodes, n_peers, n_records)
+    if n_nodes and not settings.bootstrap:
+        # Rejoin from the saved table alone: a lookup of our own id refreshes it.
+        try:
+            await asyncio.wait_for(node.dht.find_node(node.dht.node_id), 15)
+        except Exception as exc:  # a failed rejoin is reported; the node keeps serving
+            log.warning("rejoin from the saved routing table failed: %s", exc)
+
+    async def autosave() -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                db.save(node.dht.core, loop.time())
+            except PersistError as exc:
+                log.error("periodic save failed: %s", exc)
+
+    saver = loop.create_task(autosave())
     _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
     if node.onion is not None:
         _write_private(os.path.join(data_dir, ONION_CERT_FILE), node.onion.certificate.to_bytes())  # type: ignore[union-attr]
@@ -166,7 +207,11 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
              ready.get("http"))
     await stop.wait()
     log.info("shutting down: closing %d links", len(node.peers))
-    results = await node.stop()
+    saver.cancel()
+    try:
+        results = await node.stop()
+    finally:
+        db.close()
     if results:
         for r in results:
             log.info("state saved: %s", r)

@@ -290,9 +290,7 @@ class _NodeLink:
 
     def abort(self) -> None:
         """Drop the TCP connection without an authenticated close (tests: relay failure)."""
-        transport = self.conn._p.transport
-        if transport is not None:
-            transport.abort()
+        self.conn.abort()
 
     def freeze(self) -> None:
         """Stop reading and writing without closing anything (tests: a hung relay).  The

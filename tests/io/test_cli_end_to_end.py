@@ -40,10 +40,19 @@ def keygen(path: str) -> str:
     return r.stdout.split()[2]
 
 
+def read_node_id(data_dir: str) -> str:
+    with open(os.path.join(data_dir, "node.cert"), "rb") as f:
+        from qudag_core.identity import NodeCertificate
+
+        return NodeCertificate.from_bytes(f.read()).node_id.hex()
+
+
 class RunningNode:
     def __init__(self, tmp, name: str, *extra: str) -> None:
         self.dir = str(tmp / name)
-        self.node_id = keygen(os.path.join(self.dir, "key"))
+        key = os.path.join(self.dir, "key")
+        # A restart reuses the identity (and the data dir with its database).
+        self.node_id = keygen(key) if not os.path.exists(key) else read_node_id(self.dir)
         self.log = open(os.path.join(self.dir, "log"), "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qudag_io.cli", "node", "run", "--keystore", os.path.join(self.dir, "key"), *extra],
@@ -164,12 +173,23 @@ def test_two_nodes_message_dht_status_and_sigterm(nodes):
     # SIGTERM: clean exit, and the node reports what happened to its state.
     assert b.stop() == 0
     log = b.stderr()
-    assert "state not saved: no persistence layer configured" in log and "shutdown complete" in log
+    assert "state saved: " in log and "shutdown complete" in log
+    db = os.path.join(b.dir, "node.db")
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
     assert PASS not in log
     from qudag_io.keystore import read_keystore
     for secret in read_keystore(os.path.join(b.dir, "key"), PASS.encode()).values():
         assert secret.hex() not in log.lower() and repr(secret)[2:-1] not in log
     assert not os.path.exists(os.path.join(b.dir, "node.json"))
+    # Restart B with NO bootstrap nodes: it rejoins from its saved routing table.
+    b2 = nodes("b")
+    r = qudag("status", "--url", b2.http(), "--json", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    st2 = json.loads(r.stdout)
+    assert st2["node_id"] == b.node_id and st2["routing_table_size"] >= 1
+    assert "restored from" in b2.stderr() and "rejoin from the saved routing table failed" not in b2.stderr()
+    r = qudag("dht", "--bootstrap", b2.udp(), "get", target, passphrase=None)
+    assert r.returncode == 0 and r.stdout.strip() == "a value for the DHT", r.stderr
 
 
 def test_listen_prints_messages(tmp_path):
