@@ -795,6 +795,7 @@ class _StreamOwner:
         self.error: Optional[BaseException] = None
 
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
+        """Abstract: every concrete subclass overrides this."""
         raise NotImplementedError
 
     def _emit_many(self, msgs: list) -> None:
@@ -802,6 +803,7 @@ class _StreamOwner:
             self._emit(cmd, sid, data)
 
     def _first_link(self) -> Optional[_NodeLink]:
+        """Abstract: every concrete subclass overrides this."""
         raise NotImplementedError
 
     def pump(self, flush: bool = True) -> None:

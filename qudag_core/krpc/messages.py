@@ -294,6 +294,7 @@ class Message:
     """``ip``: the receiver's address as the sender sees it (BEP 42 "Bootstrapping")."""
 
     def _to_dict(self) -> dict:
+        """Abstract: every concrete subclass overrides this."""
         raise NotImplementedError
 
     def channel_only(self) -> bool:

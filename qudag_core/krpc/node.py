@@ -43,7 +43,7 @@ from qudag_core.krpc.errors import KrpcError, KrpcErrorCode
 from qudag_core.krpc.lookup import Lookup, Verdict
 from qudag_core.krpc.node_events import (BootstrapDone, FindNodeResult, GetPeersResult, GetResult,
                                          OperationDone, PingResult, PutResult)
-from qudag_core.krpc.ratelimit import RateLimiter, source_key
+from qudag_core.krpc.ratelimit import RateLimiter
 from qudag_core.krpc.reputation import Reputation
 from qudag_core.krpc.routing import RoutingConfig, RoutingTable
 from qudag_core.krpc.store import RecordKind, RecordStore, StoreConfig, StoreError, select_record
@@ -124,42 +124,6 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
     return (host, port)
 
 
-class _Limiter(RateLimiter):
-    """``RateLimiter`` with the source key memoised per host string: ``source_key``
-    parses with ``ipaddress`` (pure Python, about a fifth of the cost of answering a
-    ping).  Same buckets, same keys; the memo is bounded like the limiter itself."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        RateLimiter.__init__(self, rate, burst)
-        self._keys: dict = {}
-
-    def allow(self, ip: str, now: float, cost: float = 1.0) -> bool:
-        key = self._keys.get(ip)
-        if key is None:
-            if len(self._keys) >= self.max_tracked:
-                self._keys.clear()
-            key = self._keys[ip] = source_key(ip, self.v6_prefix)
-        b = self._buckets.get(key)
-        if b is None:
-            if len(self._buckets) >= self.max_tracked:
-                self._buckets.popitem(last=False)
-                self.evicted += 1
-            b = [self.burst, now]
-            self._buckets[key] = b
-        else:
-            self._buckets.move_to_end(key)
-            elapsed = now - b[1]
-            if elapsed > 0:
-                b[0] = min(self.burst, b[0] + elapsed * self.rate)
-                b[1] = now
-        if b[0] >= cost:
-            b[0] -= cost
-            self.allowed += 1
-            return True
-        self.drops += 1
-        return False
-
-
 class _Op:
     __slots__ = ("op_id", "kind", "target", "lookup", "phase", "pending", "stored", "failed",
                  "peers", "peer_set", "salt", "seq", "put", "port", "implied_port", "internal",
@@ -218,7 +182,7 @@ class KrpcNode:
         self.tokens = TokenManager(rng, now)
         self.store = RecordStore(cfg.store)
         self.reputation = Reputation()
-        self.ratelimit = _Limiter(cfg.rate, cfg.burst)
+        self.ratelimit = RateLimiter(cfg.rate, cfg.burst)
         self._peers: OrderedDict[bytes, OrderedDict] = OrderedDict()
         self._pending: dict[bytes, _Pending] = {}
         self._heap: list = []
