@@ -275,6 +275,19 @@ class _Base:
                 pass
         return Terminated(error_code=code, reason=str(exc), by_peer=by_peer, error=exc)
 
+    def _complete(self, keys) -> HandshakeComplete:
+        """The event both sides report once their peer is proven; bytes already received
+        past the final message go to the channel."""
+        return HandshakeComplete(
+            tx_key=keys.tx_key,
+            rx_key=keys.rx_key,
+            session_id=keys.session_id,
+            peer_node_id=keys.peer_certificate.node_id,
+            peer_certificate=keys.peer_certificate,
+            version=keys.version,
+            trailing_data=self._reader.take_rest(),
+        )
+
     def _forget(self) -> None:
         pass
 
@@ -419,15 +432,7 @@ class InitiatorHandshake(_Base):
         self._hs = None
         self._send(T_FINISH, finish)
         self._state = State.DONE
-        return HandshakeComplete(
-            tx_key=keys.tx_key,
-            rx_key=keys.rx_key,
-            session_id=keys.session_id,
-            peer_node_id=keys.peer_certificate.node_id,
-            peer_certificate=keys.peer_certificate,
-            version=keys.version,
-            trailing_data=self._reader.take_rest(),
-        )
+        return self._complete(keys)
 
     def _forget(self) -> None:
         self._hs = None
@@ -516,15 +521,7 @@ class ResponderHandshake(_Base):
         self._hs = None
         self.address_validated = True
         self._state = State.DONE
-        return HandshakeComplete(
-            tx_key=keys.tx_key,
-            rx_key=keys.rx_key,
-            session_id=keys.session_id,
-            peer_node_id=keys.peer_certificate.node_id,
-            peer_certificate=keys.peer_certificate,
-            version=keys.version,
-            trailing_data=self._reader.take_rest(),
-        )
+        return self._complete(keys)
 
     def _forget(self) -> None:
         self._hs = None
