@@ -1,7 +1,7 @@
 """The ``qudag`` command line (docs/cli.md).
 
 Subcommands: ``keygen``, ``node run``, ``send``, ``listen``, ``dht get|put|find-node|ping``,
-``status`` and ``testnet``.
+``address new|publish|list``, ``resolve``, ``status`` and ``testnet``.
 
 The decision a reader would ask about: **``qudag dht`` starts a short-lived DHT node**
 that bootstraps from ``--bootstrap`` nodes (a running node's UDP address), instead of
@@ -136,6 +136,7 @@ def _settings_from_args(args: argparse.Namespace) -> NodeSettings:
         ("onion", "relay"): args.relay,
         ("onion", "listen"): args.onion_listen,
         ("onion", "directory"): args.onion_directory,
+        ("dark", "directory"): args.dark_directory,
         ("http", "listen"): args.metrics,
         ("http", "enabled"): False if args.no_http else None,
     }
@@ -197,6 +198,17 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
                 log.error("periodic save failed: %s", exc)
 
     saver = loop.create_task(autosave())
+    from qudag_io.dark import AddressKeeper
+
+    keeper = AddressKeeper(db, identity, node.dark, node.certificate)
+
+    async def keep_addresses() -> None:
+        n = await keeper.start()  # after the ready line: publishing may wait on storage nodes
+        if n:
+            log.info("republished %d dark address%s from %s", n, "" if n == 1 else "es", db_path)
+        await keeper.run()
+
+    keeper_task: Optional[asyncio.Task] = None
     _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
     if node.onion is not None:
         _write_private(os.path.join(data_dir, ONION_CERT_FILE), node.onion.certificate.to_bytes())  # type: ignore[union-attr]
@@ -205,9 +217,12 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
     print(json.dumps(ready), flush=True)
     log.info("node %s up: link %s, dht %s, http %s", identity.node_id, ready.get("link"), ready.get("dht"),
              ready.get("http"))
+    keeper_task = loop.create_task(keep_addresses())
     await stop.wait()
     log.info("shutting down: closing %d links", len(node.peers))
     saver.cancel()
+    keeper_task.cancel()
+    await asyncio.gather(keeper_task, return_exceptions=True)
     try:
         results = await node.stop()
     finally:
@@ -306,17 +321,37 @@ async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages
     return 0
 
 
+async def _send_dark(args: argparse.Namespace, messages: list[bytes]) -> int:
+    ep = await _resolve_name(args.to, args)
+    host, port = ep.certificate.addresses[0]
+    print(f"{args.to} resolved to node {ep.certificate.node_id.hex()} at {_hp(host, port)}", flush=True)
+    if args.hops:
+        return await _send_circuit(bytes(ep.certificate.node_id), args.directory, args.hops, messages, args.timeout)
+    identity = _load_identity(args.keystore, args) if args.keystore else Identity.generate(os.urandom)
+    return await _send(identity, host, port, bytes(ep.certificate.node_id), ep.certificate, messages, args.timeout)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     _setup_logging("debug" if args.debug else "warning")
     if args.message == ["-"]:
         messages = [sys.stdin.buffer.read()]
     else:
         messages = [m.encode() for m in args.message]
+    dark = bool(args.to and args.to.lower().endswith(".dark"))
+    if dark:
+        _parse_dark(args.to)  # a bad name fails before anything starts
+        if args.peer_id or args.peer_cert:
+            raise CliError("--to NAME.dark resolves the peer itself: drop --peer-id/--peer-cert")
     if args.hops:
-        if not args.directory or not args.peer_id:
-            raise CliError("--hops needs --directory FILE (relay certificates) and --peer-id HEX (the exit node)")
         if not 1 <= args.hops <= 8:
             raise CliError("--hops must be between 1 and 8")
+        if not args.directory:
+            raise CliError("--hops needs --directory FILE (the relay directory: onion certificates)")
+    if dark:
+        return run(_send_dark(args, messages))
+    if args.hops:
+        if not args.peer_id:
+            raise CliError("--hops needs --peer-id HEX (the exit node) or --to NAME.dark")
         peer = _hex(args.peer_id, 20, "--peer-id")
         return run(_send_circuit(peer, args.directory, args.hops, messages, args.timeout))
     host, port, peer_id, cert = _peer_args(args)
@@ -415,6 +450,264 @@ def _hex(text: str, n: int, what: str) -> bytes:
 def cmd_dht(args: argparse.Namespace) -> int:
     _setup_logging("debug" if args.debug else "warning")
     return run(_dht(args))
+
+
+# --------------------------------------------------------------------------- dark addresses
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_dark(name: str) -> Any:
+    from qudag_core.dark import (AddressChecksumError, AddressSyntaxError, AddressVersionError, DarkAddress,
+                                 parse_name)
+
+    try:
+        address = parse_name(name)
+    except AddressChecksumError:
+        raise CliError(f"{name}: the checksum does not match (a typo?); check the 56 characters "
+                       "before .dark") from None
+    except AddressVersionError:
+        raise CliError(f"{name}: an address version this qudag does not know; upgrade qudag") from None
+    except AddressSyntaxError:
+        raise CliError(f"{name!r} is not a dark address: expected 56 base32 characters (a-z, 2-7) "
+                       "followed by .dark") from None
+    if not isinstance(address, DarkAddress):
+        raise CliError(f"{name} is an alias; the command line resolves only full addresses "
+                       "(56 characters before .dark)")
+    return address
+
+
+def _resolve_failure(name: str, exc: BaseException) -> str:
+    from qudag_core.dark import (InvalidDescriptorSignature, NotFound, ResolveExpired, Rollback, Unpublished,
+                                 WrongIndex)
+
+    if isinstance(exc, Unpublished):
+        return f"{name} was unpublished by its owner"
+    if isinstance(exc, NotFound):
+        return (f"{name} not found: no storage node holds a descriptor for it; check the name, or have "
+                "its owner publish it (qudag address publish)")
+    if isinstance(exc, InvalidDescriptorSignature):
+        return (f"{name}: every descriptor found failed its signature check (forged or damaged); "
+                "try again later or through other --bootstrap nodes")
+    if isinstance(exc, ResolveExpired):
+        return f"{name}: only expired descriptors were found; its owner must republish it"
+    if isinstance(exc, (Rollback, WrongIndex)):
+        return (f"{name}: storage nodes served a stale or misplaced descriptor ({type(exc).__name__}); "
+                "try again later or through other --bootstrap nodes")
+    return f"{name}: cannot resolve: {exc}"
+
+
+async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
+    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``."""
+    from qudag_core.dark import ResolveError, Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient, DarkError
+    from qudag_io.dht import DhtNode
+
+    address = _parse_dark(name)
+    boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
+    if not boot:
+        raise CliError("pass --bootstrap HOST:PORT (a running node's DHT/UDP address, see: qudag status)")
+    path = args.dark_directory
+    if not path:
+        raise CliError("pass --dark-directory FILE (the [dark] directory file the nodes were started with)")
+    if not os.path.exists(path):
+        raise CliError(f"dark directory {path} does not exist; pass the file the nodes were started with")
+    directory = CertificateDirectory(path)
+    if not len(directory):
+        raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
+                       "with --dark-directory?")
+    dht = await DhtNode.start(args.bind, 0, bootstrap=boot, wait_bootstrap=False)
+    client = DarkClient(dht, Identity.generate(os.urandom), directory,
+                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout))
+    try:
+        try:
+            await asyncio.wait_for(asyncio.shield(dht._bootstrapped), args.timeout)
+        except asyncio.TimeoutError:
+            raise CliError(f"no DHT node answered within {args.timeout:g}s; check --bootstrap") from None
+        try:
+            ep = await asyncio.wait_for(client.resolve(address), args.timeout)
+        except ResolveError as exc:
+            raise CliError(_resolve_failure(name, exc)) from None
+        except DarkError as exc:
+            raise CliError(f"{name}: {exc}; check that --dark-directory lists running nodes") from None
+        except asyncio.TimeoutError:
+            raise CliError(f"{name}: no answer within {args.timeout:g}s; check --bootstrap and "
+                           "--dark-directory, or raise --timeout") from None
+    finally:
+        await client.close()
+        await dht.close()
+    if ep.certificate is None or not ep.certificate.addresses:
+        raise CliError(f"{name} publishes only introduction relays; connecting through them is not "
+                       "implemented")
+    return ep
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    _parse_dark(args.name)
+    ep = run(_resolve_name(args.name, args))
+    cert = ep.certificate
+    host, port = cert.addresses[0]
+    if args.json:
+        print(json.dumps({"name": str(ep.address), "node_id": cert.node_id.hex(),
+                          "link": [list(a) for a in cert.addresses], "revision": ep.revision,
+                          "expires_at": ep.expires_at, "long_term": ep.is_long_term}))
+    else:
+        print(f"{ep.address} -> node {cert.node_id.hex()} at {_hp(host, port)} "
+              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)})")
+    return 0
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _address_book(data_dir: str, *, create: bool) -> Any:
+    from qudag_io.persist import AddressBook, PersistError
+
+    path = os.path.join(data_dir, DB_FILE)
+    try:
+        return AddressBook.open(path, create=create)
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+
+
+def new_address(book: Any, identity: Identity, *, publish: bool = False) -> str:
+    """Add the node's next derived dark address to ``book``; returns its name."""
+    from qudag_io.dark import KIND_DERIVED, AddressState, derived_service
+    from qudag_io.persist import PersistError, PublishedAddress
+
+    used = []
+    for row in book.addresses():
+        if row.kind == KIND_DERIVED:
+            try:
+                used.append(AddressState.from_blob(row.blob).index)
+            except Exception:
+                pass
+    index = max(used, default=-1) + 1
+    name = str(derived_service(identity, index).address)
+    now = time.time()
+    st = AddressState(index=index, publish=publish, requested=now if publish else 0.0)
+    try:
+        book.save_address(PublishedAddress(address=name, kind=KIND_DERIVED, created=now, last_published=None,
+                                           revision=0, blob=st.to_blob()))
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+    return name
+
+
+def request_publish(book: Any, name: str) -> float:
+    """Mark ``name`` to be published (now, by the running node); returns the request stamp."""
+    import dataclasses
+
+    from qudag_io.dark import AddressState
+    from qudag_io.persist import PersistError
+
+    stamp = time.time()
+
+    def change(row: Any) -> Any:
+        st = AddressState.from_blob(row.blob)
+        return dataclasses.replace(row, blob=dataclasses.replace(
+            st, publish=True, requested=max(stamp, st.done + 1e-6)).to_blob())
+
+    try:
+        row = book.update_address(name, change)
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+    if row is None:
+        raise CliError(f"{name} is not one of this node's addresses (see: qudag address list --data-dir "
+                       f"{os.path.dirname(book.path) or '.'})")
+    return AddressState.from_blob(row.blob).requested
+
+
+def wait_published(book: Any, name: str, stamp: float, deadline: float, alive: Any = None) -> Any:
+    """Wait until the node acted on the publish request ``stamp``: ``(row, AddressState)``."""
+    from qudag_io.dark import AddressState
+
+    while True:
+        row = book.get_address(name)
+        if row is None:
+            raise CliError(f"{name} was deleted while waiting for it to be published")
+        st = AddressState.from_blob(row.blob)
+        if st.done >= stamp:
+            return row, st
+        if alive is not None and not alive():
+            raise CliError("the node stopped before publishing; the address is published when it starts again")
+        if time.monotonic() >= deadline:
+            raise CliError(f"the node did not publish {name} in time; it keeps trying (see: qudag address "
+                           "list), check its log")
+        time.sleep(0.05)
+
+
+def _running_pid(data_dir: str) -> Optional[int]:
+    try:
+        with open(os.path.join(data_dir, READY_FILE)) as f:
+            pid = int(json.load(f)["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def cmd_address(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    if args.address_cmd == "new":
+        data_dir = args.data_dir or os.path.dirname(os.path.abspath(args.keystore)) or "."
+        identity = _load_identity(args.keystore, args)
+        with _address_book(data_dir, create=True) as book:
+            name = new_address(book, identity)
+        print(name)
+        return 0
+    data_dir = args.data_dir
+    if args.address_cmd == "publish":
+        _parse_dark(args.name)
+        with _address_book(data_dir, create=False) as book:
+            stamp = request_publish(book, args.name)
+            pid = _running_pid(data_dir)
+            if pid is None:
+                print(f"{args.name} will be published when the node starts (qudag node run, data dir {data_dir})")
+                return 0
+
+            def alive() -> bool:
+                return _running_pid(data_dir) == pid
+
+            row, st = wait_published(book, args.name, stamp, time.monotonic() + args.timeout, alive)
+        if st.result.startswith("failed"):
+            raise CliError(f"publishing {args.name} {st.result}")
+        print(f"published {args.name} (revision {row.revision}): {st.result}")
+        return 0
+    # list
+    from qudag_io.dark import AddressState, DarkError
+
+    with _address_book(data_dir, create=False) as book:
+        rows = book.addresses()
+    out = []
+    for row in rows:
+        try:
+            st = AddressState.from_blob(row.blob)
+        except DarkError:
+            st = None
+        out.append({"address": row.address, "kind": row.kind, "created": row.created,
+                    "last_published": row.last_published, "revision": row.revision,
+                    "publish": bool(st and st.publish), "pending": bool(st and st.requested > st.done),
+                    "result": st.result if st else "unreadable state"})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not out:
+        print(f"no dark addresses in {data_dir} (create one: qudag address new --keystore KEY)")
+    for a in out:
+        if a["last_published"] is not None:
+            state = f"published {_utc(a['last_published'])}, revision {a['revision']}"
+        else:
+            state = "not published"
+        if a["pending"]:
+            state += "; publish pending (the node publishes it when it runs)"
+        elif not a["publish"] and a["last_published"] is not None:
+            state += "; not kept published"
+        print(f"{a['address']}  {state}" + (f"  [{a['result']}]" if a["result"] else ""))
+    return 0
+
 
 
 # --------------------------------------------------------------------------- status
@@ -719,18 +1012,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=None, help="run an onion relay")
     p.add_argument("--onion-listen", metavar="HOST:PORT", help="onion relay listen address")
     p.add_argument("--onion-directory", metavar="FILE", help="relay directory file (JSON list of hex certificates)")
+    p.add_argument("--dark-directory", metavar="FILE",
+                   help="dark storage directory (JSON list of hex link certificates); the node adds its own")
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics/status HTTP address (default 127.0.0.1:0)")
     p.add_argument("--no-http", action="store_true", help="no metrics/status server")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_node_run)
 
+    def dark_lookup(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
+                       help="a running node's DHT/UDP address (for NAME.dark)")
+        p.add_argument("--dark-directory", metavar="FILE", help="the dark directory file the nodes use (for NAME.dark)")
+        p.add_argument("--bind", default="127.0.0.1", help="local address of the short-lived DHT node")
+
     p = sub.add_parser("send", help="send messages to a node over an authenticated link")
-    p.add_argument("--to", metavar="HOST:PORT")
+    p.add_argument("--to", metavar="HOST:PORT|NAME.dark")
+    dark_lookup(p)
     p.add_argument("--peer-id", help="the peer's node id (hex); the handshake fails unless it proves it")
     p.add_argument("--peer-cert", help="the peer's certificate file (node.cert in its data dir)")
     p.add_argument("--keystore", help="our identity (default: a fresh throwaway one)")
     pw(p)
-    p.add_argument("--hops", type=int, default=0, help="send over an onion circuit of N hops ending at --peer-id")
+    p.add_argument("--hops", type=int, default=0,
+                   help="send over an onion circuit of N hops ending at --peer-id (or the node NAME.dark resolves to)")
     p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("message", nargs="+", help="messages (one link message each); '-' reads one from stdin")
@@ -757,6 +1060,28 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("ping", help="ping a DHT node")
     q.add_argument("address", metavar="HOST:PORT")
     p.set_defaults(func=cmd_dht)
+
+    p = sub.add_parser("address", help="this node's dark addresses: new, publish, list")
+    asub = p.add_subparsers(dest="address_cmd", required=True)
+    q = asub.add_parser("new", help="derive the node's next dark address from its keystore; prints NAME.dark")
+    q.add_argument("--keystore", required=True)
+    pw(q)
+    q.add_argument("--data-dir", help="the node's data dir (default: the keystore's directory)")
+    q = asub.add_parser("publish", help="have the node publish NAME.dark (and keep it published)")
+    q.add_argument("name", metavar="NAME.dark")
+    q.add_argument("--data-dir", default=".", help="the node's data dir")
+    q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a running node to publish")
+    q = asub.add_parser("list", help="the node's dark addresses and when they were published")
+    q.add_argument("--data-dir", default=".", help="the node's data dir")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_address)
+
+    p = sub.add_parser("resolve", help="look up NAME.dark; prints the node id and link address it resolves to")
+    p.add_argument("name", metavar="NAME.dark")
+    dark_lookup(p)
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("status", help="print a running node's status")
     p.add_argument("--url", help="the node's HTTP address, e.g. http://127.0.0.1:9100")
