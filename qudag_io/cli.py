@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib.util
 import json
 import logging
 import os
@@ -497,11 +496,31 @@ def _resolve_failure(name: str, exc: BaseException) -> str:
     return f"{name}: cannot resolve: {exc}"
 
 
+async def short_lived_dht(bootstrap: list, bind: str, timeout: float) -> Any:
+    """A DHT node for one lookup: it joins through the first bootstrap node that answers a
+    ping, without waiting for its own bootstrap lookup (that lookup only fills its table;
+    the dark lookup that follows finds the nodes it needs by itself)."""
+    from qudag_io.dht import DhtError, DhtNode
+
+    dht = await DhtNode.start(bind, 0, bootstrap=bootstrap, wait_bootstrap=False)
+    try:
+        for addr in bootstrap:
+            try:
+                await asyncio.wait_for(dht.ping(addr), timeout)
+                return dht
+            except (DhtError, asyncio.TimeoutError):
+                continue
+    except BaseException:
+        await dht.close()
+        raise
+    await dht.close()
+    raise CliError(f"no --bootstrap node answered within {timeout:g}s; check the address (see: qudag status)")
+
+
 async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
     """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``."""
     from qudag_core.dark import ResolveError, Resolver
     from qudag_io.dark import CertificateDirectory, DarkClient, DarkError
-    from qudag_io.dht import DhtNode
 
     address = _parse_dark(name)
     boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
@@ -516,14 +535,10 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
     if not len(directory):
         raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
                        "with --dark-directory?")
-    dht = await DhtNode.start(args.bind, 0, bootstrap=boot, wait_bootstrap=False)
+    dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
     client = DarkClient(dht, Identity.generate(os.urandom), directory,
                         resolver=Resolver(os.urandom, fetch_timeout=args.timeout))
     try:
-        try:
-            await asyncio.wait_for(asyncio.shield(dht._bootstrapped), args.timeout)
-        except asyncio.TimeoutError:
-            raise CliError(f"no DHT node answered within {args.timeout:g}s; check --bootstrap") from None
         try:
             ep = await asyncio.wait_for(client.resolve(address), args.timeout)
         except ResolveError as exc:
@@ -572,7 +587,7 @@ def _address_book(data_dir: str, *, create: bool) -> Any:
         raise CliError(str(exc)) from None
 
 
-def new_address(book: Any, identity: Identity, *, publish: bool = False) -> str:
+def new_address(book: Any, identity: Identity) -> str:
     """Add the node's next derived dark address to ``book``; returns its name."""
     from qudag_io.dark import KIND_DERIVED, AddressState, derived_service
     from qudag_io.persist import PersistError, PublishedAddress
@@ -587,7 +602,7 @@ def new_address(book: Any, identity: Identity, *, publish: bool = False) -> str:
     index = max(used, default=-1) + 1
     name = str(derived_service(identity, index).address)
     now = time.time()
-    st = AddressState(index=index, publish=publish, requested=now if publish else 0.0)
+    st = AddressState(index=index)
     try:
         book.save_address(PublishedAddress(address=name, kind=KIND_DERIVED, created=now, last_published=None,
                                            revision=0, blob=st.to_blob()))
@@ -620,17 +635,23 @@ def request_publish(book: Any, name: str) -> float:
     return AddressState.from_blob(row.blob).requested
 
 
-def wait_published(book: Any, name: str, stamp: float, deadline: float, alive: Any = None) -> Any:
-    """Wait until the node acted on the publish request ``stamp``: ``(row, AddressState)``."""
+def publish_outcome(book: Any, name: str, stamp: float) -> Optional[tuple]:
+    """``(row, AddressState)`` once the node acted on the publish request ``stamp``, else None."""
     from qudag_io.dark import AddressState
 
+    row = book.get_address(name)
+    if row is None:
+        raise CliError(f"{name} was deleted while waiting for it to be published")
+    st = AddressState.from_blob(row.blob)
+    return (row, st) if st.done >= stamp else None
+
+
+def wait_published(book: Any, name: str, stamp: float, deadline: float, alive: Any = None) -> tuple:
+    """Wait (bounded by ``deadline``) until the node acted on the publish request ``stamp``."""
     while True:
-        row = book.get_address(name)
-        if row is None:
-            raise CliError(f"{name} was deleted while waiting for it to be published")
-        st = AddressState.from_blob(row.blob)
-        if st.done >= stamp:
-            return row, st
+        got = publish_outcome(book, name, stamp)
+        if got is not None:
+            return got
         if alive is not None and not alive():
             raise CliError("the node stopped before publishing; the address is published when it starts again")
         if time.monotonic() >= deadline:
@@ -763,6 +784,7 @@ class _Testnet:
         self.info: list[dict] = []
         self.timings: list[tuple[str, float, str]] = []
         self.directory_path = os.path.join(self.tmp, "relays.json")
+        self.dark_path = os.path.join(self.tmp, "dark.json")
 
     def say(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f}s] {msg}", flush=True)
@@ -790,7 +812,7 @@ class _Testnet:
         d = self.dir(i)
         s = NodeSettings(keystore=os.path.join(d, "key"), passphrase_file=self.pwfile, data_dir=d,
                          bootstrap=bootstrap, bootstrap_timeout=10.0, relay=True,
-                         onion_directory=self.directory_path)
+                         onion_directory=self.directory_path, dark_directory=self.dark_path)
         cfg = os.path.join(d, "node.toml")
         with open(cfg, "w") as f:
             f.write(dump_toml(s))
@@ -840,36 +862,88 @@ class _Testnet:
         return codes
 
 
+async def _testnet_dark(net: _Testnet) -> None:
+    """Node 00 publishes a new dark address (asked through its database, as ``qudag
+    address publish`` does); a short-lived DHT node in this process, joined through the
+    last node, resolves it by name; then a message goes to the name over a link."""
+    from qudag_core.dark import Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient, connect_dark
+    from qudag_io.node import send_message
+
+    with open(net.pwfile, "rb") as f:
+        pw = f.readline().rstrip(b"\r\n")
+    owner = Identity.from_secrets(read_keystore(os.path.join(net.dir(0), "key"), pw))
+    t = time.monotonic()
+    with _address_book(net.dir(0), create=False) as book:
+        name = new_address(book, owner)
+        stamp = request_publish(book, name)
+        for _ in range(100_000):  # bounded by net.left() too
+            got = publish_outcome(book, name, stamp)
+            if got is not None:
+                break
+            net.left()
+            await asyncio.sleep(0.05)
+        _row, st = got  # type: ignore[misc]
+    if st.result.startswith("failed"):
+        raise CliError(f"dark publish {st.result}")
+    net.step("dark publish", t, f"node 00: {name[:16]}....dark, {st.result}")
+    t = time.monotonic()
+    h, p = net.info[net.n - 1]["dht"]
+    dht = await short_lived_dht([(h, p)], "127.0.0.1", min(5.0, net.left()))
+    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path),
+                        resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left())))
+    try:
+        ep = await asyncio.wait_for(client.resolve(name), net.left())
+        if ep.certificate is None or ep.certificate.node_id.hex() != net.info[0]["node_id"]:
+            raise CliError("the dark address did not resolve to node 00")
+        net.step("dark resolve", t, f"by name via node {net.n - 1:02d}: node 00 at "
+                                    f"{_hp(*ep.certificate.addresses[0])}")
+        t = time.monotonic()
+        conn = await asyncio.wait_for(connect_dark(name, client), net.left())
+        async with conn:
+            await send_message(conn, b"hello by dark name", timeout=net.left())
+        net.step("dark message", t, "acknowledged by node 00 (resolver cache hit, link to the name)")
+    finally:
+        await client.close()
+        await dht.close()
+
+
 async def _testnet_exercise(net: _Testnet) -> None:
     from qudag_core.krpc import bencode
     from qudag_io.dht import DhtNode
-    from qudag_io.link import connect
-    from qudag_io.node import send_message
 
     def udp(i: int) -> tuple[str, int]:
         h, p = net.info[i]["dht"]
         return h, p
 
     # DHT put through a short-lived node joined via node 1, get via one joined at the far
-    # end.  The putter stays up until the get is done: it is in the nodes' routing tables
-    # now, and a lookup that queries a vanished node waits out a query timeout.
+    # end.  Both stay up until the exercise is over: they are in the nodes' routing tables
+    # now, and a lookup (the dark steps' included) that queries a vanished node waits out
+    # a query timeout (there is no BEP 43 read-only mode to keep them out of the tables).
     value = bencode.encode(f"hello from the qudag testnet {secrets.token_hex(4)}".encode())
     t = time.monotonic()
-    a = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(1 % net.n)]), net.left())
+    transient: list = []
     try:
+        a = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(1 % net.n)]), net.left())
+        transient.append(a)
         target = await asyncio.wait_for(a.put(value), net.left())
         net.step("DHT put", t, f"target {target.hex()[:16]}...")
         t = time.monotonic()
         b = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(net.n - 1)]), net.left())
-        try:
-            got = (await asyncio.wait_for(b.get(target), net.left())).value
-        finally:
-            await b.close()
+        transient.append(b)
+        got = (await asyncio.wait_for(b.get(target), net.left())).value
+        if got != value:
+            raise CliError("DHT get did not return the value put")
+        net.step("DHT get", t, "value matches")
+        await _testnet_links_and_circuits(net)
     finally:
-        await a.close()
-    if got != value:
-        raise CliError("DHT get did not return the value put")
-    net.step("DHT get", t, "value matches")
+        for d in transient:
+            await d.close()
+
+
+async def _testnet_links_and_circuits(net: _Testnet) -> None:
+    from qudag_io.link import connect
+    from qudag_io.node import send_message
 
     # A message over a direct authenticated link to the last node.
     t = time.monotonic()
@@ -880,6 +954,8 @@ async def _testnet_exercise(net: _Testnet) -> None:
     async with conn:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
+
+    await _testnet_dark(net)
 
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
@@ -938,10 +1014,6 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
         net.wait_ready(range(1, nodes))
         net.step("bootstrap", t, f"{nodes - 1} nodes joined through node 00")
         run(_testnet_exercise(net))
-        if importlib.util.find_spec("qudag_io.dark") is None:
-            net.say("dark address: not yet available (the dark-address module is not merged)")
-        else:
-            net.say("dark address: module present but not yet wired into the testnet")
         statuses = []
         for i in range(nodes):
             h, p = net.info[i]["http"]

@@ -689,7 +689,8 @@ class AddressKeeper:
             due = pub.due(now)
             if not due:
                 return 0
-            results = [(index, await self.client.put_descriptor(index, data)) for index, data in due]
+            puts = await asyncio.gather(*(self.client.put_descriptor(index, data) for index, data in due))
+            results = [(index, r) for (index, _), r in zip(due, puts)]
         except (DarkError, OSError, asyncio.TimeoutError) as exc:
             self._record(row.address, st, f"failed: {exc}")
             return 0

@@ -270,7 +270,9 @@ def test_testnet_five_nodes(tmp_path):
     for step in ("bootstrap:", "DHT put:", "DHT get: value matches", "link message:", "stopped 5 nodes (5 exited cleanly)"):
         assert step in out, out
     assert "3-hop circuit: through nodes" in out and "circuit stream: 64 KiB echoed" in out
-    assert "dark address:" in out
+    assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
+    assert "dark resolve: by name via node 04: node 00 at 127.0.0.1:" in out
+    assert "dark message: acknowledged by node 00" in out
     assert out.count("/metrics") == 5 and out.rstrip().endswith("testnet: OK")
     assert time.monotonic() - t < 90
     # Every node process has ended: none of the metrics ports still answers.
