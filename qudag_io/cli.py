@@ -398,14 +398,40 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- dht
+async def start_read_only_dht(bind: str, bootstrap: list) -> Any:
+    """A short-lived DHT node that asks but never answers (BEP 43's read-only behaviour,
+    done in the adapter: incoming KRPC queries are dropped).  The nodes it asks ping an
+    unknown querier before adding it to their routing tables; unanswered, the ping keeps
+    it out, so it leaves no dead contact behind that later lookups would wait out (a
+    query timeout, 2-3 s, per lookup that meets it).  Bootstrap is not awaited."""
+    from qudag_core.krpc import bencode
+    from qudag_core.krpc.errors import BencodeError
+    from qudag_io.dht import DhtNode
+
+    dht = await DhtNode.start(bind, 0, bootstrap=bootstrap, wait_bootstrap=False)
+    protocol = dht._transport.get_protocol()
+    inner = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        try:
+            msg = bencode.decode(data, 2048)
+        except (BencodeError, ValueError):
+            msg = None
+        if isinstance(msg, dict) and msg.get(b"y") == b"q":
+            return  # a query to us: read-only, never answered
+        inner(data, addr)
+
+    protocol.datagram_received = datagram_received
+    return dht
+
+
 async def _dht(args: argparse.Namespace) -> int:
     from qudag_core.krpc import bencode
-    from qudag_io.dht import DhtNode
 
     boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
     if not boot and args.dht_cmd != "ping":
         raise CliError("pass --bootstrap HOST:PORT (a running node's DHT/UDP address, see: qudag status)")
-    dht = await DhtNode.start(args.bind, 0, bootstrap=boot, wait_bootstrap=False)
+    dht = await start_read_only_dht(args.bind, boot)
     try:
         if boot:
             try:
@@ -502,7 +528,7 @@ async def short_lived_dht(bootstrap: list, bind: str, timeout: float) -> Any:
     the dark lookup that follows finds the nodes it needs by itself)."""
     from qudag_io.dht import DhtError, DhtNode
 
-    dht = await DhtNode.start(bind, 0, bootstrap=bootstrap, wait_bootstrap=False)
+    dht = await start_read_only_dht(bind, bootstrap)
     try:
         for addr in bootstrap:
             try:
@@ -910,27 +936,26 @@ async def _testnet_dark(net: _Testnet) -> None:
 
 async def _testnet_exercise(net: _Testnet) -> None:
     from qudag_core.krpc import bencode
-    from qudag_io.dht import DhtNode
 
     def udp(i: int) -> tuple[str, int]:
         h, p = net.info[i]["dht"]
         return h, p
 
-    # DHT put through a short-lived node joined via node 1, get via one joined at the far
-    # end.  Both stay up until the exercise is over: they are in the nodes' routing tables
-    # now, and a lookup (the dark steps' included) that queries a vanished node waits out
-    # a query timeout (there is no BEP 43 read-only mode to keep them out of the tables).
+    # DHT put through a short-lived (read-only) node joined via node 1, get via one joined
+    # at the far end.
     value = bencode.encode(f"hello from the qudag testnet {secrets.token_hex(4)}".encode())
     t = time.monotonic()
     transient: list = []
     try:
-        a = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(1 % net.n)]), net.left())
+        a = await start_read_only_dht("127.0.0.1", [udp(1 % net.n)])
         transient.append(a)
+        await asyncio.wait_for(asyncio.shield(a._bootstrapped), net.left())
         target = await asyncio.wait_for(a.put(value), net.left())
         net.step("DHT put", t, f"target {target.hex()[:16]}...")
         t = time.monotonic()
-        b = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(net.n - 1)]), net.left())
+        b = await start_read_only_dht("127.0.0.1", [udp(net.n - 1)])
         transient.append(b)
+        await asyncio.wait_for(asyncio.shield(b._bootstrapped), net.left())
         got = (await asyncio.wait_for(b.get(target), net.left())).value
         if got != value:
             raise CliError("DHT get did not return the value put")
