@@ -792,6 +792,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"peers          {len(st['peers'])}")
     for p in st["peers"]:
         print(f"  {p['node_id'][:16]}... {p['direction']} {p['address']}")
+    dk = st.get("dark")
+    if dk is not None:
+        print(f"dark           {dk.get('stored_descriptors', 0)} descriptors stored for others; "
+              f"{'can publish' if dk.get('can_publish') else 'cannot publish (no --dark-directory)'}")
     c = st["circuits"]
     print(f"onion relay    {'yes' if c.get('relay') else 'no'}; circuits relayed {c.get('relayed_circuits', 0)}")
     return 0

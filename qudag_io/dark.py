@@ -571,7 +571,8 @@ class AddressState:
                      done=d.get("done", 0.0), result=d.get("result", ""))
         except (ValueError, KeyError, TypeError):
             raise DarkError("unreadable address state in the node database") from None
-        if not (isinstance(st.index, int) and 0 <= st.index < 1 << 32 and isinstance(st.publish, bool)
+        if not (isinstance(st.index, int) and not isinstance(st.index, bool) and 0 <= st.index < 1 << 32
+                and isinstance(st.publish, bool)
                 and isinstance(st.requested, (int, float)) and isinstance(st.done, (int, float))
                 and isinstance(st.result, str)):
             raise DarkError("unreadable address state in the node database")
