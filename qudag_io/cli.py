@@ -10,6 +10,10 @@ GET/HEAD and is deliberately read-only; a write API would need authentication (a
 token file beside the keystore) and its own review.  A short-lived node needs no
 secrets and no new attack surface, and exercises the same network a remote user would.
 
+``qudag address publish`` does not need a control API either: the command line and the
+running node share the address table of the node's SQLite database (the node notices
+edits through ``PRAGMA data_version`` and publishes; see docs/cli.md "Dark addresses").
+
 Errors are one line on stderr saying what to do (exit 1; 2 for usage errors);
 ``--debug`` shows the traceback instead.  Secrets (passphrases, seeds) are never logged
 or printed.

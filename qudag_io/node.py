@@ -35,6 +35,15 @@ circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"
 service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
 reports the number of circuits relayed (from the relay core's table).
 
+Dark addresses (docs/dark.md §8): the node's links also carry the dark storage
+protocol.  A link message that is a bencoded dictionary (first byte ``d``; application
+messages start with ``0x00``) goes to the node's ``DescriptorServer`` (``dark_get``/
+``dark_put``, anything else to KRPC) and its reply goes back on the link; the link
+listener uses ``DARK_LINK_CONFIG`` so a descriptor fits one frame.  With
+``settings.dark_directory`` the node adds its link certificate to that shared
+``CertificateDirectory`` file and gets a ``DarkClient`` (:attr:`Node.dark`) to publish
+its own addresses (``qudag_io.dark.AddressKeeper`` drives it from the database).
+
 Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
 at shutdown (the persistence layer passes one to :meth:`Node.start`), and
 ``restore_contacts`` are DHT contacts it loaded back, bootstrapped from with the
