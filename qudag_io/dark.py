@@ -618,7 +618,7 @@ class AddressKeeper:
     (``last_published``, ``revision``, ``AddressState.result``)."""
 
     def __init__(self, db: Any, identity: Identity, client: Optional[DarkClient],
-                 certificate: Optional[NodeCertificate], *, poll: float = 0.25,
+                 certificate: Optional[NodeCertificate], *, poll: float = 0.25, retry: float = 30.0,
                  wall: Callable[[], float] = time.time, log: Any = None) -> None:
         import logging
 
@@ -627,9 +627,12 @@ class AddressKeeper:
         self.client = client
         self.certificate = certificate
         self.poll = poll
+        self.retry = retry
+        """Seconds before a failed publish of a kept address is tried again."""
         self.wall = wall
         self.log = log or logging.getLogger("qudag.dark")
         self._publishers: dict = {}  # address text -> Publisher
+        self._retry_at: dict = {}  # address text -> wall time of the next attempt after a failure
         self._version: Optional[int] = None
         self.published = 0
 
@@ -653,6 +656,9 @@ class AddressKeeper:
             return None
 
     async def tick(self) -> None:
+        flush = getattr(self.db, "flush", None)
+        if flush is not None:
+            flush()  # pending record deletions hold the write lock the command line needs
         v = self.db.data_version()
         changed = v != self._version
         self._version = v
@@ -668,13 +674,16 @@ class AddressKeeper:
         self._version = self.db.data_version()
 
     def _due(self, now: float) -> bool:
-        timers = [p.get_timer() for p in self._publishers.values()]
+        timers = [p.get_timer() for p in self._publishers.values()] + list(self._retry_at.values())
         return any(t is not None and t <= now for t in timers)
 
     async def _publish(self, row: Any, st: AddressState, *, force: bool) -> int:
         from qudag_core.dark import Publisher
 
         now = self.wall()
+        retry_at = self._retry_at.get(row.address)
+        if not force and retry_at is not None and now < retry_at:
+            return 0
         pub = self._publishers.get(row.address)
         if force or pub is None:
             svc = derived_service(self.identity, st.index, self.certificate)
@@ -682,7 +691,7 @@ class AddressKeeper:
                 self._record(row.address, st, "failed: the address was not derived from this node's identity")
                 return 0
             pub = self._publishers[row.address] = Publisher(svc, os.urandom, revision=row.revision)
-        if self.client is None:
+        if self.client is None:  # not retried: only a restart with a directory changes this
             self._record(row.address, st, "failed: this node has no [dark] directory, so it cannot reach "
                                           "storage nodes; run it with --dark-directory FILE")
             return 0
@@ -693,15 +702,26 @@ class AddressKeeper:
             puts = await asyncio.gather(*(self.client.put_descriptor(index, data) for index, data in due))
             results = [(index, r) for (index, _), r in zip(due, puts)]
         except (DarkError, OSError, asyncio.TimeoutError) as exc:
-            self._record(row.address, st, f"failed: {exc}")
+            self._failed(row.address, now)
+            self._record(row.address, st, f"failed: {exc}; retrying every {self.retry:g} s")
             return 0
         line = describe_results(results)
         ok = any(getattr(s, "accepted", False) for _, puts in results for _, s in puts)
+        if ok:
+            self._retry_at.pop(row.address, None)
+        else:
+            self._failed(row.address, now)
         self._record(row.address, st, line if ok else f"failed: {line}", published=now if ok else None,
                      revision=pub.revision)
         self.log.info("dark address %s published: %s", row.address, line)
         self.published += ok
         return int(ok)
+
+    def _failed(self, address: str, now: float) -> None:
+        # The publisher now thinks it is published until its next republish (an hour):
+        # drop it, so the retry builds the descriptors again.
+        self._publishers.pop(address, None)
+        self._retry_at[address] = now + self.retry
 
     def _record(self, address: str, st: AddressState, result: str, *, published: Optional[float] = None,
                 revision: Optional[int] = None) -> None:

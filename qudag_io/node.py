@@ -59,6 +59,7 @@ import time
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from qudag_core.crypto import blake3_hash
+from qudag_core.dark import DescriptorStore
 from qudag_core.identity import Identity, NodeCertificate, NodeId
 from qudag_io.config import NodeSettings
 from qudag_io.dark import DARK_LINK_CONFIG, CertificateDirectory, DarkClient, DescriptorServer, node_dht_id
@@ -124,6 +125,11 @@ async def send_message(conn: Connection, data: bytes, *, timeout: float = 10.0) 
 
     await asyncio.wait_for(ack(), timeout)
 
+
+#: Indices (blinded dark addresses x period) the node stores descriptors for.  The store
+#: bounds counts, not bytes: at 8 slots of at most MAX_DESCRIPTOR_SIZE (70 KB) this is
+#: ~290 MB in the worst case, ~80 MB for ordinary (20 KB) descriptors.
+DARK_STORE_INDICES = 512
 
 #: Bytes the "echo" onion service returns at most per stream (bounded work per stream).
 ECHO_LIMIT = 1 << 20
@@ -270,7 +276,8 @@ class Node:
         dht_id = node_dht_id(bytes(self.identity.node_id))
         self.dht = await DhtNode.start(*s.dht_listen, node_id=dht_id, bootstrap=boot, wait_bootstrap=False)
         self._meter_udp(self.dht)
-        self.dark_server = DescriptorServer(self.dht)
+        self.dark_server = DescriptorServer(self.dht, DescriptorStore(slots_per_index=8,
+                                                                      max_indices=DARK_STORE_INDICES))
         if s.dark_directory:
             directory = CertificateDirectory(s.dark_directory)
             directory.register(self.certificate)

@@ -468,7 +468,11 @@ class NodeDatabase(_AddressTable):
             self._save_reputation(core.reputation, now)
 
     def flush(self) -> None:
-        """Commit pending record deletions."""
+        """Commit pending record deletions (nothing to do, and no write, when none are
+        pending).  Pending deletions hold SQLite's write lock, so a node that shares its
+        address table (``AddressBook``) flushes before it looks for edits."""
+        if self._conn is None or not self._conn.in_transaction:
+            return
         with self._tx():
             pass
 

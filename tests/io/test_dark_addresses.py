@@ -204,3 +204,37 @@ def test_keeper_records_why_it_cannot_publish(runner, tmp_path):
             db.close()
 
     runner.run(asyncio.wait_for(main(), 60))
+
+
+def test_keeper_retries_a_failed_publish(runner, tmp_path):
+    async def main():
+        from qudag_io.dark import DarkClient
+
+        net = await start_loopback_network(4)
+        db = NodeDatabase.open(tmp_path / "node.db")
+        ident = Identity.generate(os.urandom)
+        directory: dict = {}  # nobody reachable yet
+        client = DarkClient(net.dhts[0], ident, directory)
+        try:
+            name = _add(db, ident, 0, publish=True)
+            keeper = AddressKeeper(db, ident, client, _cert(ident, 47001), retry=0.2)
+            assert await keeper.start() == 0
+            st0 = AddressState.from_blob(db.get_address(name).blob)
+            assert st0.result.startswith("failed") and "retrying" in st0.result
+            await keeper.tick()  # before the retry time: nothing
+            assert db.get_address(name).last_published is None
+            directory.update(net.directory)  # storage nodes become reachable
+            for _ in range(50):  # bounded: 50 x 0.1 s
+                await asyncio.sleep(0.1)
+                await keeper.tick()
+                if db.get_address(name).last_published is not None:
+                    break
+            row = db.get_address(name)
+            assert row.last_published is not None
+            assert not AddressState.from_blob(row.blob).result.startswith("failed")
+        finally:
+            db.close()
+            await client.close()
+            await net.close()
+
+    runner.run(asyncio.wait_for(main(), 60))

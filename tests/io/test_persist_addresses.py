@@ -199,3 +199,32 @@ def test_insecure_file_refused(tmp_path):
     with pytest.raises(InsecureFile) as info:
         AddressBook.open(path)
     assert "chmod 600" in str(info.value)
+
+
+def test_pending_record_deletions_block_the_address_book_until_flushed(tmp_path):
+    """A node's pending record deletions hold SQLite's write lock; ``flush`` (which the
+    node's AddressKeeper calls every tick) releases it, and is a no-op otherwise."""
+    from qudag_core.krpc.store import RecordStore
+
+    path = tmp_path / "node.db"
+    node = NodeDatabase.open(path)
+    try:
+        store = RecordStore()
+        node.attach_store(store, 0.0)
+        target = store.put_immutable(os.urandom(20), b"5:hello", 0.0, source_ip="10.0.0.1")
+        node.flush()
+        assert not node._conn.in_transaction  # flush with nothing pending writes nothing
+        node._store.listener.record_removed(target if isinstance(target, bytes) else os.urandom(20))
+        assert node._conn.in_transaction
+        book = AddressBook.open(path)
+        book._conn.execute("PRAGMA busy_timeout = 100")
+        try:
+            with pytest.raises(PersistError):
+                book.save_address(_row("a.dark"))
+            node.flush()
+            book.save_address(_row("a.dark"))
+            assert [a.address for a in node.addresses()] == ["a.dark"]
+        finally:
+            book.close()
+    finally:
+        node.close()
