@@ -461,3 +461,39 @@ def test_address_commands_without_a_node(tmp_path):
     os.chmod(other / "node.db", 0o600)
     r = qudag("address", "list", "--data-dir", str(other), passphrase=None)
     assert r.returncode == 1 and "another application" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dark_commands_say_what_to_do(nodes, tmp_path):
+    lone = nodes("lone")  # no --dark-directory: it stores for others but cannot publish
+    r = qudag("address", "new", "--keystore", os.path.join(lone.dir, "key"))
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    r = qudag("address", "publish", name, "--data-dir", lone.dir, passphrase=None)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no [dark] directory" in r.stderr and "--dark-directory" in r.stderr
+    [row] = _address_list(lone)
+    assert row["publish"] and not row["pending"] and row["result"].startswith("failed")
+    r = qudag("address", "publish", "b" * 56 + ".dark", "--data-dir", lone.dir, passphrase=None)
+    assert r.returncode == 1 and ("checksum" in r.stderr or "not one of this node's addresses" in r.stderr)
+    # a bootstrap node that does not answer, a directory that does not exist
+    dark = str(tmp_path / "dark.json")
+    _register_in_directory(dark, lone.dir)
+    r = qudag("resolve", name, "--bootstrap", "127.0.0.1:9", "--dark-directory", dark, "--timeout", "1",
+              passphrase=None)
+    assert r.returncode == 1 and "no --bootstrap node answered" in r.stderr, r.stderr
+    r = qudag("resolve", name, "--bootstrap", lone.udp(), "--dark-directory", str(tmp_path / "nope.json"),
+              passphrase=None)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    r = qudag("send", "--to", name, "--bootstrap", lone.udp(), "--dark-directory", dark, "--peer-id", "00" * 20,
+              "x", passphrase=None)
+    assert r.returncode == 1 and "drop --peer-id" in r.stderr
+    st = json.loads(qudag("status", "--url", lone.http(), "--json", passphrase=None).stdout)
+    assert st["dark"] == {"stored_descriptors": 0, "can_publish": False}
+
+
+def _register_in_directory(path: str, data_dir: str) -> None:
+    from qudag_core.identity import NodeCertificate
+    from qudag_io.dark import CertificateDirectory
+
+    with open(os.path.join(data_dir, "node.cert"), "rb") as f:
+        CertificateDirectory(path).register(NodeCertificate.from_bytes(f.read()))

@@ -238,3 +238,25 @@ def test_keeper_retries_a_failed_publish(runner, tmp_path):
             await net.close()
 
     runner.run(asyncio.wait_for(main(), 60))
+
+
+_GOOD = _cert(Identity.generate(os.urandom), 6000).to_bytes().hex()
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+                     max_leaves=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(_json | st.just(_GOOD) | st.just(_GOOD[:-2]), max_size=5)
+                 .map(lambda x: json.dumps(x).encode())))
+def test_directory_any_file_content_is_read_without_error(tmp_path_factory, content):
+    path = str(tmp_path_factory.mktemp("d") / "dark.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    d = CertificateDirectory(path)
+    assert len(d) in (0, 1) and all(d[k].to_bytes().hex() == _GOOD for k in d)
+    # registering over it keeps only readable entries, plus ours
+    ident = Identity.generate(os.urandom)
+    d.register(_cert(ident, 6001))
+    assert node_dht_id(bytes(ident.node_id)) in d and len(d) in (1, 2)
