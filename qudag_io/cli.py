@@ -567,7 +567,7 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
                        "with --dark-directory?")
     dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
     client = DarkClient(dht, Identity.generate(os.urandom), directory,
-                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout))
+                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies))
     try:
         try:
             ep = await asyncio.wait_for(client.resolve(address), args.timeout)
@@ -1129,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a running node's DHT/UDP address (for NAME.dark)")
         p.add_argument("--dark-directory", metavar="FILE", help="the dark directory file the nodes use (for NAME.dark)")
         p.add_argument("--bind", default="127.0.0.1", help="local address of the short-lived DHT node")
+        p.add_argument("--dummies", type=int, default=0, choices=range(0, 9), metavar="0..8",
+                       help="dummy lookups of random indices beside the real one (storage nodes cannot tell "
+                            "which is real)")
 
     p = sub.add_parser("send", help="send messages to a node over an authenticated link")
     p.add_argument("--to", metavar="HOST:PORT|NAME.dark")

@@ -346,7 +346,7 @@ def test_dark_address_publish_resolve_send_and_restart(nodes, tmp_path):
     [row] = _address_list(a)
     assert row["publish"] and row["last_published"] is not None and row["revision"] > 0
     # resolve through B (a short-lived DHT node bootstrapped from B): A's node id and link address
-    r = qudag("resolve", name, *lookup, "--json", passphrase=None)
+    r = qudag("resolve", name, *lookup, "--json", "--dummies", "2", passphrase=None)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["node_id"] == a.node_id and [f"{h}:{p}" for h, p in got["link"]] == [a.tcp()]
