@@ -645,7 +645,7 @@ def request_publish(book: Any, name: str) -> float:
     """Mark ``name`` to be published (now, by the running node); returns the request stamp."""
     import dataclasses
 
-    from qudag_io.dark import AddressState
+    from qudag_io.dark import AddressState, DarkError
     from qudag_io.persist import PersistError
 
     stamp = time.time()
@@ -657,8 +657,8 @@ def request_publish(book: Any, name: str) -> float:
 
     try:
         row = book.update_address(name, change)
-    except PersistError as exc:
-        raise CliError(str(exc)) from None
+    except (PersistError, DarkError) as exc:
+        raise CliError(f"{name}: {exc}") from None
     if row is None:
         raise CliError(f"{name} is not one of this node's addresses (see: qudag address list --data-dir "
                        f"{os.path.dirname(book.path) or '.'})")
@@ -711,7 +711,7 @@ def cmd_address(args: argparse.Namespace) -> int:
         return 0
     data_dir = args.data_dir
     if args.address_cmd == "publish":
-        _parse_dark(args.name)
+        args.name = str(_parse_dark(args.name))  # the canonical (lower-case) form is the key
         with _address_book(data_dir, create=False) as book:
             stamp = request_publish(book, args.name)
             pid = _running_pid(data_dir)
