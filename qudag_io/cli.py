@@ -1,7 +1,7 @@
 """The ``qudag`` command line (docs/cli.md).
 
 Subcommands: ``keygen``, ``node run``, ``send``, ``listen``, ``dht get|put|find-node|ping``,
-``status`` and ``testnet``.
+``address new|publish|list``, ``resolve``, ``status`` and ``testnet``.
 
 The decision a reader would ask about: **``qudag dht`` starts a short-lived DHT node**
 that bootstraps from ``--bootstrap`` nodes (a running node's UDP address), instead of
@@ -9,6 +9,10 @@ driving a running node through a control API.  The metrics HTTP server only spea
 GET/HEAD and is deliberately read-only; a write API would need authentication (a bearer
 token file beside the keystore) and its own review.  A short-lived node needs no
 secrets and no new attack surface, and exercises the same network a remote user would.
+
+``qudag address publish`` does not need a control API either: the command line and the
+running node share the address table of the node's SQLite database (the node notices
+edits through ``PRAGMA data_version`` and publishes; see docs/cli.md "Dark addresses").
 
 Errors are one line on stderr saying what to do (exit 1; 2 for usage errors);
 ``--debug`` shows the traceback instead.  Secrets (passphrases, seeds) are never logged
@@ -19,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib.util
 import json
 import logging
 import os
@@ -136,6 +139,7 @@ def _settings_from_args(args: argparse.Namespace) -> NodeSettings:
         ("onion", "relay"): args.relay,
         ("onion", "listen"): args.onion_listen,
         ("onion", "directory"): args.onion_directory,
+        ("dark", "directory"): args.dark_directory,
         ("http", "listen"): args.metrics,
         ("http", "enabled"): False if args.no_http else None,
     }
@@ -197,6 +201,17 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
                 log.error("periodic save failed: %s", exc)
 
     saver = loop.create_task(autosave())
+    from qudag_io.dark import AddressKeeper
+
+    keeper = AddressKeeper(db, identity, node.dark, node.certificate)
+
+    async def keep_addresses() -> None:
+        n = await keeper.start()  # after the ready line: publishing may wait on storage nodes
+        if n:
+            log.info("republished %d dark address%s from %s", n, "" if n == 1 else "es", db_path)
+        await keeper.run()
+
+    keeper_task: Optional[asyncio.Task] = None
     _write_private(os.path.join(data_dir, CERT_FILE), node.certificate.to_bytes())  # type: ignore[union-attr]
     if node.onion is not None:
         _write_private(os.path.join(data_dir, ONION_CERT_FILE), node.onion.certificate.to_bytes())  # type: ignore[union-attr]
@@ -205,9 +220,12 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
     print(json.dumps(ready), flush=True)
     log.info("node %s up: link %s, dht %s, http %s", identity.node_id, ready.get("link"), ready.get("dht"),
              ready.get("http"))
+    keeper_task = loop.create_task(keep_addresses())
     await stop.wait()
     log.info("shutting down: closing %d links", len(node.peers))
     saver.cancel()
+    keeper_task.cancel()
+    await asyncio.gather(keeper_task, return_exceptions=True)
     try:
         results = await node.stop()
     finally:
@@ -306,17 +324,37 @@ async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages
     return 0
 
 
+async def _send_dark(args: argparse.Namespace, messages: list[bytes]) -> int:
+    ep = await _resolve_name(args.to, args)
+    host, port = ep.certificate.addresses[0]
+    print(f"{args.to} resolved to node {ep.certificate.node_id.hex()} at {_hp(host, port)}", flush=True)
+    if args.hops:
+        return await _send_circuit(bytes(ep.certificate.node_id), args.directory, args.hops, messages, args.timeout)
+    identity = _load_identity(args.keystore, args) if args.keystore else Identity.generate(os.urandom)
+    return await _send(identity, host, port, bytes(ep.certificate.node_id), ep.certificate, messages, args.timeout)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     _setup_logging("debug" if args.debug else "warning")
     if args.message == ["-"]:
         messages = [sys.stdin.buffer.read()]
     else:
         messages = [m.encode() for m in args.message]
+    dark = bool(args.to and args.to.lower().endswith(".dark"))
+    if dark:
+        _parse_dark(args.to)  # a bad name fails before anything starts
+        if args.peer_id or args.peer_cert:
+            raise CliError("--to NAME.dark resolves the peer itself: drop --peer-id/--peer-cert")
     if args.hops:
-        if not args.directory or not args.peer_id:
-            raise CliError("--hops needs --directory FILE (relay certificates) and --peer-id HEX (the exit node)")
         if not 1 <= args.hops <= 8:
             raise CliError("--hops must be between 1 and 8")
+        if not args.directory:
+            raise CliError("--hops needs --directory FILE (the relay directory: onion certificates)")
+    if dark:
+        return run(_send_dark(args, messages))
+    if args.hops:
+        if not args.peer_id:
+            raise CliError("--hops needs --peer-id HEX (the exit node) or --to NAME.dark")
         peer = _hex(args.peer_id, 20, "--peer-id")
         return run(_send_circuit(peer, args.directory, args.hops, messages, args.timeout))
     host, port, peer_id, cert = _peer_args(args)
@@ -364,14 +402,40 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- dht
+async def start_read_only_dht(bind: str, bootstrap: list) -> Any:
+    """A short-lived DHT node that asks but never answers (BEP 43's read-only behaviour,
+    done in the adapter: incoming KRPC queries are dropped).  The nodes it asks ping an
+    unknown querier before adding it to their routing tables; unanswered, the ping keeps
+    it out, so it leaves no dead contact behind that later lookups would wait out (a
+    query timeout, 2-3 s, per lookup that meets it).  Bootstrap is not awaited."""
+    from qudag_core.krpc import bencode
+    from qudag_core.krpc.errors import BencodeError
+    from qudag_io.dht import DhtNode
+
+    dht = await DhtNode.start(bind, 0, bootstrap=bootstrap, wait_bootstrap=False)
+    protocol = dht._transport.get_protocol()
+    inner = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        try:
+            msg = bencode.decode(data, 2048)
+        except (BencodeError, ValueError):
+            msg = None
+        if isinstance(msg, dict) and msg.get(b"y") == b"q":
+            return  # a query to us: read-only, never answered
+        inner(data, addr)
+
+    protocol.datagram_received = datagram_received
+    return dht
+
+
 async def _dht(args: argparse.Namespace) -> int:
     from qudag_core.krpc import bencode
-    from qudag_io.dht import DhtNode
 
     boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
     if not boot and args.dht_cmd != "ping":
         raise CliError("pass --bootstrap HOST:PORT (a running node's DHT/UDP address, see: qudag status)")
-    dht = await DhtNode.start(args.bind, 0, bootstrap=boot, wait_bootstrap=False)
+    dht = await start_read_only_dht(args.bind, boot)
     try:
         if boot:
             try:
@@ -417,6 +481,286 @@ def cmd_dht(args: argparse.Namespace) -> int:
     return run(_dht(args))
 
 
+# --------------------------------------------------------------------------- dark addresses
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_dark(name: str) -> Any:
+    from qudag_core.dark import (AddressChecksumError, AddressSyntaxError, AddressVersionError, DarkAddress,
+                                 parse_name)
+
+    try:
+        address = parse_name(name)
+    except AddressChecksumError:
+        raise CliError(f"{name}: the checksum does not match (a typo?); check the 56 characters "
+                       "before .dark") from None
+    except AddressVersionError:
+        raise CliError(f"{name}: an address version this qudag does not know; upgrade qudag") from None
+    except AddressSyntaxError:
+        raise CliError(f"{name!r} is not a dark address: expected 56 base32 characters (a-z, 2-7) "
+                       "followed by .dark") from None
+    if not isinstance(address, DarkAddress):
+        raise CliError(f"{name} is an alias; the command line resolves only full addresses "
+                       "(56 characters before .dark)")
+    return address
+
+
+def _resolve_failure(name: str, exc: BaseException) -> str:
+    from qudag_core.dark import (InvalidDescriptorSignature, NotFound, ResolveExpired, Rollback, Unpublished,
+                                 WrongIndex)
+
+    if isinstance(exc, Unpublished):
+        return f"{name} was unpublished by its owner"
+    if isinstance(exc, NotFound):
+        return (f"{name} not found: no storage node holds a descriptor for it; check the name, or have "
+                "its owner publish it (qudag address publish)")
+    if isinstance(exc, InvalidDescriptorSignature):
+        return (f"{name}: every descriptor found failed its signature check (forged or damaged); "
+                "try again later or through other --bootstrap nodes")
+    if isinstance(exc, ResolveExpired):
+        return f"{name}: only expired descriptors were found; its owner must republish it"
+    if isinstance(exc, (Rollback, WrongIndex)):
+        return (f"{name}: storage nodes served a stale or misplaced descriptor ({type(exc).__name__}); "
+                "try again later or through other --bootstrap nodes")
+    return f"{name}: cannot resolve: {exc}"
+
+
+async def short_lived_dht(bootstrap: list, bind: str, timeout: float) -> Any:
+    """A DHT node for one lookup: it joins through the first bootstrap node that answers a
+    ping, without waiting for its own bootstrap lookup (that lookup only fills its table;
+    the dark lookup that follows finds the nodes it needs by itself)."""
+    from qudag_io.dht import DhtError, DhtNode
+
+    dht = await start_read_only_dht(bind, bootstrap)
+    try:
+        for addr in bootstrap:
+            try:
+                await asyncio.wait_for(dht.ping(addr), timeout)
+                return dht
+            except (DhtError, asyncio.TimeoutError):
+                continue
+    except BaseException:
+        await dht.close()
+        raise
+    await dht.close()
+    raise CliError(f"no --bootstrap node answered within {timeout:g}s; check the address (see: qudag status)")
+
+
+async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
+    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``."""
+    from qudag_core.dark import ResolveError, Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient, DarkError
+
+    address = _parse_dark(name)
+    boot = [parse_hostport(b, what="--bootstrap") for b in args.bootstrap]
+    if not boot:
+        raise CliError("pass --bootstrap HOST:PORT (a running node's DHT/UDP address, see: qudag status)")
+    path = args.dark_directory
+    if not path:
+        raise CliError("pass --dark-directory FILE (the [dark] directory file the nodes were started with)")
+    if not os.path.exists(path):
+        raise CliError(f"dark directory {path} does not exist; pass the file the nodes were started with")
+    directory = CertificateDirectory(path)
+    if not len(directory):
+        raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
+                       "with --dark-directory?")
+    dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
+    client = DarkClient(dht, Identity.generate(os.urandom), directory,
+                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies))
+    try:
+        try:
+            ep = await asyncio.wait_for(client.resolve(address), args.timeout)
+        except ResolveError as exc:
+            raise CliError(_resolve_failure(name, exc)) from None
+        except DarkError as exc:
+            raise CliError(f"{name}: {exc}; check that --dark-directory lists running nodes") from None
+        except asyncio.TimeoutError:
+            raise CliError(f"{name}: no answer within {args.timeout:g}s; check --bootstrap and "
+                           "--dark-directory, or raise --timeout") from None
+    finally:
+        await client.close()
+        await dht.close()
+    if ep.certificate is None or not ep.certificate.addresses:
+        raise CliError(f"{name} publishes only introduction relays; connecting through them is not "
+                       "implemented")
+    return ep
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    _parse_dark(args.name)
+    ep = run(_resolve_name(args.name, args))
+    cert = ep.certificate
+    host, port = cert.addresses[0]
+    if args.json:
+        print(json.dumps({"name": str(ep.address), "node_id": cert.node_id.hex(),
+                          "link": [list(a) for a in cert.addresses], "revision": ep.revision,
+                          "expires_at": ep.expires_at, "long_term": ep.is_long_term}))
+    else:
+        print(f"{ep.address} -> node {cert.node_id.hex()} at {_hp(host, port)} "
+              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)})")
+    return 0
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _address_book(data_dir: str, *, create: bool) -> Any:
+    from qudag_io.persist import AddressBook, PersistError
+
+    path = os.path.join(data_dir, DB_FILE)
+    try:
+        return AddressBook.open(path, create=create)
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+
+
+def new_address(book: Any, identity: Identity) -> str:
+    """Add the node's next derived dark address to ``book``; returns its name."""
+    from qudag_io.dark import KIND_DERIVED, AddressState, derived_service
+    from qudag_io.persist import PersistError, PublishedAddress
+
+    used = []
+    for row in book.addresses():
+        if row.kind == KIND_DERIVED:
+            try:
+                used.append(AddressState.from_blob(row.blob).index)
+            except Exception:
+                pass
+    index = max(used, default=-1) + 1
+    name = str(derived_service(identity, index).address)
+    now = time.time()
+    st = AddressState(index=index)
+    try:
+        book.save_address(PublishedAddress(address=name, kind=KIND_DERIVED, created=now, last_published=None,
+                                           revision=0, blob=st.to_blob()))
+    except PersistError as exc:
+        raise CliError(str(exc)) from None
+    return name
+
+
+def request_publish(book: Any, name: str) -> float:
+    """Mark ``name`` to be published (now, by the running node); returns the request stamp."""
+    import dataclasses
+
+    from qudag_io.dark import AddressState, DarkError
+    from qudag_io.persist import PersistError
+
+    stamp = time.time()
+
+    def change(row: Any) -> Any:
+        st = AddressState.from_blob(row.blob)
+        return dataclasses.replace(row, blob=dataclasses.replace(
+            st, publish=True, requested=max(stamp, st.done + 1e-6)).to_blob())
+
+    try:
+        row = book.update_address(name, change)
+    except (PersistError, DarkError) as exc:
+        raise CliError(f"{name}: {exc}") from None
+    if row is None:
+        raise CliError(f"{name} is not one of this node's addresses (see: qudag address list --data-dir "
+                       f"{os.path.dirname(book.path) or '.'})")
+    return AddressState.from_blob(row.blob).requested
+
+
+def publish_outcome(book: Any, name: str, stamp: float) -> Optional[tuple]:
+    """``(row, AddressState)`` once the node acted on the publish request ``stamp``, else None."""
+    from qudag_io.dark import AddressState
+
+    row = book.get_address(name)
+    if row is None:
+        raise CliError(f"{name} was deleted while waiting for it to be published")
+    st = AddressState.from_blob(row.blob)
+    return (row, st) if st.done >= stamp else None
+
+
+def wait_published(book: Any, name: str, stamp: float, deadline: float, alive: Any = None) -> tuple:
+    """Wait (bounded by ``deadline``) until the node acted on the publish request ``stamp``."""
+    while True:
+        got = publish_outcome(book, name, stamp)
+        if got is not None:
+            return got
+        if alive is not None and not alive():
+            raise CliError("the node stopped before publishing; the address is published when it starts again")
+        if time.monotonic() >= deadline:
+            raise CliError(f"the node did not publish {name} in time; it keeps trying (see: qudag address "
+                           "list), check its log")
+        time.sleep(0.05)
+
+
+def _running_pid(data_dir: str) -> Optional[int]:
+    try:
+        with open(os.path.join(data_dir, READY_FILE)) as f:
+            pid = int(json.load(f)["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
+def cmd_address(args: argparse.Namespace) -> int:
+    _setup_logging("debug" if args.debug else "warning")
+    if args.address_cmd == "new":
+        data_dir = args.data_dir or os.path.dirname(os.path.abspath(args.keystore)) or "."
+        identity = _load_identity(args.keystore, args)
+        with _address_book(data_dir, create=True) as book:
+            name = new_address(book, identity)
+        print(name)
+        return 0
+    data_dir = args.data_dir
+    if args.address_cmd == "publish":
+        args.name = str(_parse_dark(args.name))  # the canonical (lower-case) form is the key
+        with _address_book(data_dir, create=False) as book:
+            stamp = request_publish(book, args.name)
+            pid = _running_pid(data_dir)
+            if pid is None:
+                print(f"{args.name} will be published when the node starts (qudag node run, data dir {data_dir})")
+                return 0
+
+            def alive() -> bool:
+                return _running_pid(data_dir) == pid
+
+            row, st = wait_published(book, args.name, stamp, time.monotonic() + args.timeout, alive)
+        if st.result.startswith("failed"):
+            raise CliError(f"publishing {args.name} {st.result}")
+        print(f"published {args.name} (revision {row.revision}): {st.result}")
+        return 0
+    # list
+    from qudag_io.dark import AddressState, DarkError
+
+    with _address_book(data_dir, create=False) as book:
+        rows = book.addresses()
+    out = []
+    for row in rows:
+        try:
+            st = AddressState.from_blob(row.blob)
+        except DarkError:
+            st = None
+        out.append({"address": row.address, "kind": row.kind, "created": row.created,
+                    "last_published": row.last_published, "revision": row.revision,
+                    "publish": bool(st and st.publish), "pending": bool(st and st.requested > st.done),
+                    "result": st.result if st else "unreadable state"})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not out:
+        print(f"no dark addresses in {data_dir} (create one: qudag address new --keystore KEY)")
+    for a in out:
+        if a["last_published"] is not None:
+            state = f"published {_utc(a['last_published'])}, revision {a['revision']}"
+        else:
+            state = "not published"
+        if a["pending"]:
+            state += "; publish pending (the node publishes it when it runs)"
+        elif not a["publish"] and a["last_published"] is not None:
+            state += "; not kept published"
+        print(f"{a['address']}  {state}" + (f"  [{a['result']}]" if a["result"] else ""))
+    return 0
+
+
+
 # --------------------------------------------------------------------------- status
 def _status_url(args: argparse.Namespace) -> str:
     if args.url:
@@ -452,6 +796,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"peers          {len(st['peers'])}")
     for p in st["peers"]:
         print(f"  {p['node_id'][:16]}... {p['direction']} {p['address']}")
+    dk = st.get("dark")
+    if dk is not None:
+        print(f"dark           {dk.get('stored_descriptors', 0)} descriptors stored for others; "
+              f"{'can publish' if dk.get('can_publish') else 'cannot publish (no --dark-directory)'}")
     c = st["circuits"]
     print(f"onion relay    {'yes' if c.get('relay') else 'no'}; circuits relayed {c.get('relayed_circuits', 0)}")
     return 0
@@ -470,6 +818,7 @@ class _Testnet:
         self.info: list[dict] = []
         self.timings: list[tuple[str, float, str]] = []
         self.directory_path = os.path.join(self.tmp, "relays.json")
+        self.dark_path = os.path.join(self.tmp, "dark.json")
 
     def say(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f}s] {msg}", flush=True)
@@ -497,7 +846,7 @@ class _Testnet:
         d = self.dir(i)
         s = NodeSettings(keystore=os.path.join(d, "key"), passphrase_file=self.pwfile, data_dir=d,
                          bootstrap=bootstrap, bootstrap_timeout=10.0, relay=True,
-                         onion_directory=self.directory_path)
+                         onion_directory=self.directory_path, dark_directory=self.dark_path)
         cfg = os.path.join(d, "node.toml")
         with open(cfg, "w") as f:
             f.write(dump_toml(s))
@@ -547,36 +896,87 @@ class _Testnet:
         return codes
 
 
+async def _testnet_dark(net: _Testnet) -> None:
+    """Node 00 publishes a new dark address (asked through its database, as ``qudag
+    address publish`` does); a short-lived DHT node in this process, joined through the
+    last node, resolves it by name; then a message goes to the name over a link."""
+    from qudag_core.dark import Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient, connect_dark
+    from qudag_io.node import send_message
+
+    with open(net.pwfile, "rb") as f:
+        pw = f.readline().rstrip(b"\r\n")
+    owner = Identity.from_secrets(read_keystore(os.path.join(net.dir(0), "key"), pw))
+    t = time.monotonic()
+    with _address_book(net.dir(0), create=False) as book:
+        name = new_address(book, owner)
+        stamp = request_publish(book, name)
+        for _ in range(100_000):  # bounded by net.left() too
+            got = publish_outcome(book, name, stamp)
+            if got is not None:
+                break
+            net.left()
+            await asyncio.sleep(0.05)
+        _row, st = got  # type: ignore[misc]
+    if st.result.startswith("failed"):
+        raise CliError(f"dark publish {st.result}")
+    net.step("dark publish", t, f"node 00: {name[:16]}....dark, {st.result}")
+    t = time.monotonic()
+    h, p = net.info[net.n - 1]["dht"]
+    dht = await short_lived_dht([(h, p)], "127.0.0.1", min(5.0, net.left()))
+    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path),
+                        resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left())))
+    try:
+        ep = await asyncio.wait_for(client.resolve(name), net.left())
+        if ep.certificate is None or ep.certificate.node_id.hex() != net.info[0]["node_id"]:
+            raise CliError("the dark address did not resolve to node 00")
+        net.step("dark resolve", t, f"by name via node {net.n - 1:02d}: node 00 at "
+                                    f"{_hp(*ep.certificate.addresses[0])}")
+        t = time.monotonic()
+        conn = await asyncio.wait_for(connect_dark(name, client), net.left())
+        async with conn:
+            await send_message(conn, b"hello by dark name", timeout=net.left())
+        net.step("dark message", t, "acknowledged by node 00 (resolver cache hit, link to the name)")
+    finally:
+        await client.close()
+        await dht.close()
+
+
 async def _testnet_exercise(net: _Testnet) -> None:
     from qudag_core.krpc import bencode
-    from qudag_io.dht import DhtNode
-    from qudag_io.link import connect
-    from qudag_io.node import send_message
 
     def udp(i: int) -> tuple[str, int]:
         h, p = net.info[i]["dht"]
         return h, p
 
-    # DHT put through a short-lived node joined via node 1, get via one joined at the far
-    # end.  The putter stays up until the get is done: it is in the nodes' routing tables
-    # now, and a lookup that queries a vanished node waits out a query timeout.
+    # DHT put through a short-lived (read-only) node joined via node 1, get via one joined
+    # at the far end.
     value = bencode.encode(f"hello from the qudag testnet {secrets.token_hex(4)}".encode())
     t = time.monotonic()
-    a = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(1 % net.n)]), net.left())
+    transient: list = []
     try:
+        a = await start_read_only_dht("127.0.0.1", [udp(1 % net.n)])
+        transient.append(a)
+        await asyncio.wait_for(asyncio.shield(a._bootstrapped), net.left())
         target = await asyncio.wait_for(a.put(value), net.left())
         net.step("DHT put", t, f"target {target.hex()[:16]}...")
         t = time.monotonic()
-        b = await asyncio.wait_for(DhtNode.start("127.0.0.1", 0, bootstrap=[udp(net.n - 1)]), net.left())
-        try:
-            got = (await asyncio.wait_for(b.get(target), net.left())).value
-        finally:
-            await b.close()
+        b = await start_read_only_dht("127.0.0.1", [udp(net.n - 1)])
+        transient.append(b)
+        await asyncio.wait_for(asyncio.shield(b._bootstrapped), net.left())
+        got = (await asyncio.wait_for(b.get(target), net.left())).value
+        if got != value:
+            raise CliError("DHT get did not return the value put")
+        net.step("DHT get", t, "value matches")
+        await _testnet_links_and_circuits(net)
     finally:
-        await a.close()
-    if got != value:
-        raise CliError("DHT get did not return the value put")
-    net.step("DHT get", t, "value matches")
+        for d in transient:
+            await d.close()
+
+
+async def _testnet_links_and_circuits(net: _Testnet) -> None:
+    from qudag_io.link import connect
+    from qudag_io.node import send_message
 
     # A message over a direct authenticated link to the last node.
     t = time.monotonic()
@@ -587,6 +987,8 @@ async def _testnet_exercise(net: _Testnet) -> None:
     async with conn:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
+
+    await _testnet_dark(net)
 
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
@@ -645,10 +1047,6 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
         net.wait_ready(range(1, nodes))
         net.step("bootstrap", t, f"{nodes - 1} nodes joined through node 00")
         run(_testnet_exercise(net))
-        if importlib.util.find_spec("qudag_io.dark") is None:
-            net.say("dark address: not yet available (the dark-address module is not merged)")
-        else:
-            net.say("dark address: module present but not yet wired into the testnet")
         statuses = []
         for i in range(nodes):
             h, p = net.info[i]["http"]
@@ -719,18 +1117,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=None, help="run an onion relay")
     p.add_argument("--onion-listen", metavar="HOST:PORT", help="onion relay listen address")
     p.add_argument("--onion-directory", metavar="FILE", help="relay directory file (JSON list of hex certificates)")
+    p.add_argument("--dark-directory", metavar="FILE",
+                   help="dark storage directory (JSON list of hex link certificates); the node adds its own")
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics/status HTTP address (default 127.0.0.1:0)")
     p.add_argument("--no-http", action="store_true", help="no metrics/status server")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_node_run)
 
+    def dark_lookup(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
+                       help="a running node's DHT/UDP address (for NAME.dark)")
+        p.add_argument("--dark-directory", metavar="FILE", help="the dark directory file the nodes use (for NAME.dark)")
+        p.add_argument("--bind", default="127.0.0.1", help="local address of the short-lived DHT node")
+        p.add_argument("--dummies", type=int, default=0, choices=range(0, 9), metavar="0..8",
+                       help="dummy lookups of random indices beside the real one (storage nodes cannot tell "
+                            "which is real)")
+
     p = sub.add_parser("send", help="send messages to a node over an authenticated link")
-    p.add_argument("--to", metavar="HOST:PORT")
+    p.add_argument("--to", metavar="HOST:PORT|NAME.dark")
+    dark_lookup(p)
     p.add_argument("--peer-id", help="the peer's node id (hex); the handshake fails unless it proves it")
     p.add_argument("--peer-cert", help="the peer's certificate file (node.cert in its data dir)")
     p.add_argument("--keystore", help="our identity (default: a fresh throwaway one)")
     pw(p)
-    p.add_argument("--hops", type=int, default=0, help="send over an onion circuit of N hops ending at --peer-id")
+    p.add_argument("--hops", type=int, default=0,
+                   help="send over an onion circuit of N hops ending at --peer-id (or the node NAME.dark resolves to)")
     p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("message", nargs="+", help="messages (one link message each); '-' reads one from stdin")
@@ -757,6 +1168,28 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("ping", help="ping a DHT node")
     q.add_argument("address", metavar="HOST:PORT")
     p.set_defaults(func=cmd_dht)
+
+    p = sub.add_parser("address", help="this node's dark addresses: new, publish, list")
+    asub = p.add_subparsers(dest="address_cmd", required=True)
+    q = asub.add_parser("new", help="derive the node's next dark address from its keystore; prints NAME.dark")
+    q.add_argument("--keystore", required=True)
+    pw(q)
+    q.add_argument("--data-dir", help="the node's data dir (default: the keystore's directory)")
+    q = asub.add_parser("publish", help="have the node publish NAME.dark (and keep it published)")
+    q.add_argument("name", metavar="NAME.dark")
+    q.add_argument("--data-dir", default=".", help="the node's data dir")
+    q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a running node to publish")
+    q = asub.add_parser("list", help="the node's dark addresses and when they were published")
+    q.add_argument("--data-dir", default=".", help="the node's data dir")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_address)
+
+    p = sub.add_parser("resolve", help="look up NAME.dark; prints the node id and link address it resolves to")
+    p.add_argument("name", metavar="NAME.dark")
+    dark_lookup(p)
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("status", help="print a running node's status")
     p.add_argument("--url", help="the node's HTTP address, e.g. http://127.0.0.1:9100")

@@ -54,6 +54,7 @@ REFERENCE: dict[tuple[str, str], tuple[type, Any, str]] = {
     ("onion", "relay"): (bool, False, "Run an onion relay (own TCP listener) that also serves the \"echo\" stream service."),
     ("onion", "listen"): (str, "127.0.0.1:0", "TCP address of the onion relay's link listener."),
     ("onion", "directory"): (str, "", "Relay directory file (JSON list of hex certificates), re-read when a relay is not in it."),
+    ("dark", "directory"): (str, "", "Dark storage directory (JSON list of hex link certificates, DHT node id -> link); the node adds its own at start. Empty: it still stores other nodes' descriptors but cannot publish its own."),
     ("http", "listen"): (str, "127.0.0.1:0", "Metrics/status HTTP address; loopback by default (/status lists peers)."),
     ("http", "enabled"): (bool, True, "Serve /metrics, /status and /healthz."),
 }
@@ -74,6 +75,7 @@ class NodeSettings:
     relay: bool = False
     onion_listen: tuple[str, int] = ("127.0.0.1", 0)
     onion_directory: str = ""
+    dark_directory: str = ""
     http_listen: tuple[str, int] = ("127.0.0.1", 0)
     http_enabled: bool = True
 
@@ -116,6 +118,8 @@ def _apply(settings: NodeSettings, section: str, key: str, value: Any, where: st
         settings.onion_listen = parse_hostport(value, what=f"{where}: [onion] listen")
     elif (section, key) == ("onion", "directory"):
         settings.onion_directory = value
+    elif (section, key) == ("dark", "directory"):
+        settings.dark_directory = value
     elif (section, key) == ("http", "listen"):
         settings.http_listen = parse_hostport(value, what=f"{where}: [http] listen")
     elif (section, key) == ("http", "enabled"):
@@ -136,7 +140,7 @@ def load_config(path: Optional[str], overrides: Optional[dict[tuple[str, str], A
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         for section, table in doc.items():
             if not isinstance(table, dict) or not any(s == section for s, _ in REFERENCE):
-                raise ConfigError(f"{path}: unknown section [{section}] (known: node, link, dht, onion, http)")
+                raise ConfigError(f"{path}: unknown section [{section}] (known: node, link, dht, onion, dark, http)")
             for key, value in table.items():
                 if (section, key) not in REFERENCE:
                     raise ConfigError(f"{path}: unknown key {key!r} in [{section}] (see docs/cli.md)")
@@ -178,6 +182,7 @@ def dump_toml(settings: NodeSettings) -> str:
         f"bootstrap_timeout = {settings.bootstrap_timeout!r}\n\n"
         f"[onion]\nrelay = {'true' if settings.relay else 'false'}\nlisten = {q(hp(settings.onion_listen))}\n"
         f"directory = {q(settings.onion_directory)}\n\n"
+        f"[dark]\ndirectory = {q(settings.dark_directory)}\n\n"
         f"[http]\nlisten = {q(hp(settings.http_listen))}\nenabled = {'true' if settings.http_enabled else 'false'}\n"
     )
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
 from collections import OrderedDict
@@ -54,7 +55,8 @@ from qudag_core.link import LinkConfig
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
 
-__all__ = ["DarkError", "DescriptorServer", "DarkClient", "DarkNetwork", "connect_dark", "DARK_LINK_CONFIG",
+__all__ = ["AddressKeeper", "AddressState", "CertificateDirectory", "DarkError", "DescriptorServer", "DarkClient",
+           "DarkNetwork", "connect_dark", "DARK_LINK_CONFIG", "KIND_DERIVED", "derived_service", "node_dht_id",
            "start_loopback_network"]
 
 DARK_GET = b"dark_get"
@@ -425,3 +427,326 @@ async def start_loopback_network(n: int = 20, *, config: Any = None,
         await net.close()
         raise
     return net
+
+
+# ---------------------------------------------------------------------- the node's side
+def node_dht_id(node_id: bytes) -> bytes:
+    """The DHT node id a qudag node runs under: ``blake3(node_id, 20)``, so a link
+    certificate (which names the node id) says which DHT contact it belongs to."""
+    from qudag_core.crypto import blake3_hash
+
+    return blake3_hash(bytes(node_id), 20)
+
+
+class CertificateDirectory(Mapping):
+    """DHT node id -> link ``NodeCertificate``, read from a file shared by the nodes of a
+    network (a JSON list of hex certificates, the format of the onion relay directory).
+
+    Each node adds its own link certificate at start (``register``: the file is locked
+    with ``flock`` on ``FILE.lock`` and replaced atomically, an older certificate of the
+    same node id is dropped).  Readers never lock: they re-read the file when it changed
+    (size or mtime) and a node id is missing, at most once per ``min_interval``.
+    Certificates that do not verify (expired, bad signature) are skipped.  This is the
+    static stand-in for ``NODE_CERTIFICATE`` records in the DHT (docs/dark.md §8)."""
+
+    MAX_FILE = 1 << 22
+
+    def __init__(self, path: str, *, min_interval: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.min_interval = min_interval
+        self.clock = clock
+        self._certs: dict = {}
+        self._stamp: Optional[tuple] = None
+        self._checked = float("-inf")
+        self.reload()
+
+    def _read(self) -> list:
+        try:
+            st = os.stat(self.path)
+            if st.st_size > self.MAX_FILE:
+                return []
+            with open(self.path) as f:
+                items = json.load(f)
+        except (OSError, ValueError):
+            return []
+        return items if isinstance(items, list) else []
+
+    def reload(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        certs: dict = {}
+        now = self.clock()
+        for item in self._read():
+            try:
+                cert = NodeCertificate.from_bytes(bytes.fromhex(item))
+                cert.verify(now)
+            except Exception:  # a bad entry is skipped, not fatal
+                continue
+            if cert.addresses:
+                certs[node_dht_id(bytes(cert.node_id))] = cert
+        self._certs = certs
+        self._stamp = stamp
+
+    def register(self, certificate: NodeCertificate) -> None:
+        """Add (or replace) this node's certificate in the file."""
+        import fcntl
+
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            items = []
+            for item in self._read():
+                try:
+                    if NodeCertificate.from_bytes(bytes.fromhex(item)).node_id == certificate.node_id:
+                        continue
+                except Exception:
+                    continue  # unreadable entries are dropped on rewrite
+                items.append(item)
+            items.append(certificate.to_bytes().hex())
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(items, f)
+            os.replace(tmp, self.path)
+        finally:
+            os.close(lock)  # releases the flock
+        self.reload()
+
+    def _fresh(self, node_id: bytes) -> None:
+        if node_id not in self._certs and time.monotonic() - self._checked >= self.min_interval:
+            self.reload()
+
+    def __contains__(self, node_id: object) -> bool:
+        if not isinstance(node_id, (bytes, bytearray)):
+            return False
+        self._fresh(bytes(node_id))
+        return bytes(node_id) in self._certs
+
+    def __getitem__(self, node_id: bytes) -> NodeCertificate:
+        self._fresh(bytes(node_id))
+        return self._certs[bytes(node_id)]
+
+    def __iter__(self):
+        return iter(list(self._certs))
+
+    def __len__(self) -> int:
+        return len(self._certs)
+
+
+#: ``PublishedAddress.kind`` of an address derived from the node's identity seed.
+KIND_DERIVED = "derived"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class AddressState:
+    """What the address table's opaque ``blob`` holds for one of our dark addresses:
+    no key material, only the derivation index and the publish bookkeeping."""
+
+    index: int
+    """``ephemeral_signing_key(identity seed, index)`` is the address's signing key."""
+    publish: bool = False
+    """Keep it published (set by ``qudag address publish``)."""
+    requested: float = 0.0
+    """Wall time of the last publish request from the command line."""
+    done: float = 0.0
+    """The ``requested`` value the node last acted on."""
+    result: str = ""
+    """One line: what the last publish attempt did."""
+
+    def to_blob(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> "AddressState":
+        try:
+            d = json.loads(blob)
+            st = cls(index=d["index"], publish=d.get("publish", False), requested=d.get("requested", 0.0),
+                     done=d.get("done", 0.0), result=d.get("result", ""))
+        except (ValueError, KeyError, TypeError):
+            raise DarkError("unreadable address state in the node database") from None
+        if not (isinstance(st.index, int) and not isinstance(st.index, bool) and 0 <= st.index < 1 << 32
+                and isinstance(st.publish, bool)
+                and isinstance(st.requested, (int, float)) and isinstance(st.done, (int, float))
+                and isinstance(st.result, str)):
+            raise DarkError("unreadable address state in the node database")
+        return st
+
+
+def derived_service(identity: Identity, index: int, certificate: Optional[NodeCertificate] = None):
+    """The ``DarkService`` of the node's ``index``-th derived dark address (its key is
+    ``ephemeral_signing_key(identity seed, index)``; the descriptor carries the node's
+    link ``certificate``)."""
+    from qudag_core.dark import DarkService, ephemeral_signing_key
+
+    key = ephemeral_signing_key(identity.signing_key.seed, index)
+    return DarkService(key.seed, certificate=certificate)
+
+
+def describe_results(results: list) -> str:
+    """One line for ``DarkClient.publish``'s result."""
+    ok = total = 0
+    errors = []
+    for _index, puts in results:
+        for _nid, status in puts:
+            total += 1
+            if getattr(status, "accepted", False):
+                ok += 1
+            else:
+                errors.append(status.value if isinstance(status, PutStatus) else str(status))
+    line = f"{ok} of {total} descriptor puts accepted ({len(results)} periods)"
+    if errors:
+        line += "; refused: " + ", ".join(sorted(set(errors)))[:200]
+    return line
+
+
+class AddressKeeper:
+    """Keeps the node's own dark addresses published, from the address table of its
+    database (``NodeDatabase``/``AddressBook``).
+
+    At start every address marked ``publish`` is published (a restarted node republishes
+    what it had published, with a revision above the saved one); afterwards ``tick``
+    (called every ``poll`` seconds) picks up rows the command line changed (noticed
+    through ``data_version``) and republishes when a ``Publisher`` is due (hourly, and
+    when a new period enters the publish set).  Results go back into the row
+    (``last_published``, ``revision``, ``AddressState.result``)."""
+
+    def __init__(self, db: Any, identity: Identity, client: Optional[DarkClient],
+                 certificate: Optional[NodeCertificate], *, poll: float = 0.25, retry: float = 30.0,
+                 wall: Callable[[], float] = time.time, log: Any = None) -> None:
+        import logging
+
+        self.db = db
+        self.identity = identity
+        self.client = client
+        self.certificate = certificate
+        self.poll = poll
+        self.retry = retry
+        """Seconds before a failed publish of a kept address is tried again."""
+        self.wall = wall
+        self.log = log or logging.getLogger("qudag.dark")
+        self._publishers: dict = {}  # address text -> Publisher
+        self._retry_at: dict = {}  # address text -> wall time of the next attempt after a failure
+        self._version: Optional[int] = None
+        self.published = 0
+
+    async def start(self) -> int:
+        """Publish every address marked ``publish``; returns how many were published."""
+        self._version = self.db.data_version()
+        n = 0
+        for row in self.db.addresses():
+            st = self._state(row)
+            if st is not None and st.publish:
+                n += await self._publish(row, st, force=True)
+        return n
+
+    def _state(self, row: Any) -> Optional[AddressState]:
+        if row.kind != KIND_DERIVED:
+            return None
+        try:
+            return AddressState.from_blob(row.blob)
+        except DarkError as exc:
+            self.log.warning("dark address %s: %s; skipped", row.address, exc)
+            return None
+
+    async def tick(self) -> None:
+        flush = getattr(self.db, "flush", None)
+        if flush is not None:
+            flush()  # pending record deletions hold the write lock the command line needs
+        v = self.db.data_version()
+        changed = v != self._version
+        self._version = v
+        now = self.wall()
+        for row in self.db.addresses() if changed or self._due(now) else ():
+            st = self._state(row)
+            if st is None:
+                continue
+            if st.requested > st.done:
+                await self._publish(row, st, force=True)
+            elif st.publish:
+                await self._publish(row, st, force=False)
+        self._version = self.db.data_version()
+
+    def _due(self, now: float) -> bool:
+        timers = [p.get_timer() for p in self._publishers.values()] + list(self._retry_at.values())
+        return any(t is not None and t <= now for t in timers)
+
+    async def _publish(self, row: Any, st: AddressState, *, force: bool) -> int:
+        from qudag_core.dark import Publisher
+
+        now = self.wall()
+        retry_at = self._retry_at.get(row.address)
+        if not force and retry_at is not None and now < retry_at:
+            return 0
+        pub = self._publishers.get(row.address)
+        if force or pub is None:
+            svc = derived_service(self.identity, st.index, self.certificate)
+            if str(svc.address) != row.address:
+                self._record(row.address, st, "failed: the address was not derived from this node's identity")
+                return 0
+            pub = self._publishers[row.address] = Publisher(svc, os.urandom, revision=row.revision)
+        if self.client is None:  # not retried: only a restart with a directory changes this
+            self._record(row.address, st, "failed: this node has no [dark] directory, so it cannot reach "
+                                          "storage nodes; run it with --dark-directory FILE")
+            return 0
+        try:
+            due = pub.due(now)
+            if not due:
+                return 0
+            puts = await asyncio.gather(*(self.client.put_descriptor(index, data) for index, data in due))
+            results = [(index, r) for (index, _), r in zip(due, puts)]
+        except (DarkError, OSError, asyncio.TimeoutError) as exc:
+            self._failed(row.address, now)
+            self._record(row.address, st, f"failed: {exc}; retrying every {self.retry:g} s")
+            return 0
+        line = describe_results(results)
+        ok = any(getattr(s, "accepted", False) for _, puts in results for _, s in puts)
+        if ok:
+            self._retry_at.pop(row.address, None)
+        else:
+            self._failed(row.address, now)
+        self._record(row.address, st, line if ok else f"failed: {line}", published=now if ok else None,
+                     revision=pub.revision)
+        self.log.info("dark address %s published: %s", row.address, line)
+        self.published += ok
+        return int(ok)
+
+    def _failed(self, address: str, now: float) -> None:
+        # The publisher now thinks it is published until its next republish (an hour):
+        # drop it, so the retry builds the descriptors again.
+        self._publishers.pop(address, None)
+        self._retry_at[address] = now + self.retry
+
+    def _record(self, address: str, st: AddressState, result: str, *, published: Optional[float] = None,
+                revision: Optional[int] = None) -> None:
+        if result.startswith("failed"):
+            self.log.warning("dark address %s: %s", address, result)
+
+        def change(row: Any) -> Any:
+            cur = self._state(row)
+            if cur is None:
+                return None
+            new = dataclasses.replace(cur, done=max(cur.done, st.requested), result=result)
+            return dataclasses.replace(
+                row, blob=new.to_blob(),
+                last_published=published if published is not None else row.last_published,
+                revision=max(row.revision, revision) if revision is not None else row.revision)
+
+        try:
+            self.db.update_address(address, change)
+        except Exception as exc:  # a database error must not stop the node
+            self.log.error("dark address %s: cannot save the publish result: %s", address, exc)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll)
+            try:
+                await self.tick()
+            except Exception as exc:  # keep the loop alive; the error is logged
+                self.log.error("dark address upkeep failed: %s", exc)

@@ -35,6 +35,15 @@ circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"
 service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
 reports the number of circuits relayed (from the relay core's table).
 
+Dark addresses (docs/dark.md §8): the node's links also carry the dark storage
+protocol.  A link message that is a bencoded dictionary (first byte ``d``; application
+messages start with ``0x00``) goes to the node's ``DescriptorServer`` (``dark_get``/
+``dark_put``, anything else to KRPC) and its reply goes back on the link; the link
+listener uses ``DARK_LINK_CONFIG`` so a descriptor fits one frame.  With
+``settings.dark_directory`` the node adds its link certificate to that shared
+``CertificateDirectory`` file and gets a ``DarkClient`` (:attr:`Node.dark`) to publish
+its own addresses (``qudag_io.dark.AddressKeeper`` drives it from the database).
+
 Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
 at shutdown (the persistence layer passes one to :meth:`Node.start`), and
 ``restore_contacts`` are DHT contacts it loaded back, bootstrapped from with the
@@ -50,8 +59,10 @@ import time
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from qudag_core.crypto import blake3_hash
+from qudag_core.dark import DescriptorStore
 from qudag_core.identity import Identity, NodeCertificate, NodeId
 from qudag_io.config import NodeSettings
+from qudag_io.dark import DARK_LINK_CONFIG, CertificateDirectory, DarkClient, DescriptorServer, node_dht_id
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
@@ -114,6 +125,11 @@ async def send_message(conn: Connection, data: bytes, *, timeout: float = 10.0) 
 
     await asyncio.wait_for(ack(), timeout)
 
+
+#: Indices (blinded dark addresses x period) the node stores descriptors for.  The store
+#: bounds counts, not bytes: at 8 slots of at most MAX_DESCRIPTOR_SIZE (70 KB) this is
+#: ~290 MB in the worst case, ~80 MB for ordinary (20 KB) descriptors.
+DARK_STORE_INDICES = 512
 
 #: Bytes the "echo" onion service returns at most per stream (bounded work per stream).
 ECHO_LIMIT = 1 << 20
@@ -228,6 +244,10 @@ class Node:
         self.http: Optional[HttpServer] = None
         self.onion: Optional[OnionNode] = None
         self.certificate: Optional[NodeCertificate] = None
+        self.dark_server: Optional[DescriptorServer] = None
+        """Stores other nodes' dark descriptors; answers ``dark_get``/``dark_put`` on links."""
+        self.dark: Optional[DarkClient] = None
+        """Publishes this node's dark addresses (needs ``settings.dark_directory``)."""
         self.peers: dict[Connection, Direction] = {}
         self._t0 = time.monotonic()
         self._dht_drops_seen = 0
@@ -247,14 +267,21 @@ class Node:
 
     async def _start(self) -> None:
         s = self.settings
+        # DARK_LINK_CONFIG: a dark descriptor (up to MAX_DESCRIPTOR_SIZE) must fit one frame.
         self.listener = await listen(*s.link_listen, identity=self.identity, handler=self._on_link,
-                                     on_handshake_failed=self._inbound_handshake_failed)
+                                     on_handshake_failed=self._inbound_handshake_failed, config=DARK_LINK_CONFIG)
         self.certificate = self.listener.certificate
         boot = list(dict.fromkeys([*s.bootstrap, *self.restore_contacts]))
         # The DHT id is derived from the identity so the node keeps its place in the keyspace.
-        dht_id = blake3_hash(bytes(self.identity.node_id), 20)
+        dht_id = node_dht_id(bytes(self.identity.node_id))
         self.dht = await DhtNode.start(*s.dht_listen, node_id=dht_id, bootstrap=boot, wait_bootstrap=False)
         self._meter_udp(self.dht)
+        self.dark_server = DescriptorServer(self.dht, DescriptorStore(slots_per_index=8,
+                                                                      max_indices=DARK_STORE_INDICES))
+        if s.dark_directory:
+            directory = CertificateDirectory(s.dark_directory)
+            directory.register(self.certificate)
+            self.dark = DarkClient(self.dht, self.identity, directory, local=self.dark_server)
         if boot:
             t = time.monotonic()
             try:
@@ -355,6 +382,8 @@ class Node:
                 except Exception as exc:  # a failed save must not prevent the rest of the shutdown
                     log.error("saving state failed: %s", exc)
                     results.append(f"failed: {exc}")
+        if self.dark is not None:
+            await self.dark.close()
         if self.onion is not None:
             await self.onion.close()
         if self.dht is not None:
@@ -375,6 +404,14 @@ class Node:
         try:
             async for msg in conn:
                 self.metrics.bytes_received(len(msg), Transport.TCP)
+                if msg[:1] == b"d" and self.dark_server is not None and self.dht is not None:
+                    # A bencoded dark_get/dark_put (or KRPC) query: the storing side of dark addresses.
+                    reply = self.dark_server.handle(msg, tuple(conn.remote_address[:2]))
+                    self.dht._process()  # KRPC handling may have queued datagrams or events
+                    if reply is not None:
+                        await conn.send(reply)
+                        self.metrics.bytes_sent(len(reply), Transport.TCP)
+                    continue
                 if msg[:1] != MSG_DATA or len(msg) > MAX_APP_MESSAGE:
                     continue  # not ours (or too large): ignore, the link stays usable
                 data = msg[1:]
@@ -485,6 +522,8 @@ class Node:
             "running": not self._stopped,
             "routing_table_size": len(self.dht.core.table) if self.dht else 0,
             "stored_records": len(self.dht.core.store) if self.dht and hasattr(self.dht.core.store, "__len__") else None,
+            "dark": {"stored_descriptors": len(self.dark_server.store) if self.dark_server else 0,
+                     "can_publish": self.dark is not None},
             "circuits": ({"relay": True, "relayed_circuits": len(self.onion.relay._circuits),
                           "directory_size": len(self.onion.directory)} if self.onion is not None
                          else {"relay": False, "relayed_circuits": 0}),

@@ -57,6 +57,7 @@ from qudag_core.krpc.store import Record, RecordKind, RecordStore, StoreError
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "AddressBook",
     "NodeDatabase",
     "PublishedAddress",
     "PersistError",
@@ -241,7 +242,85 @@ class _RecordMirror:
             self.db._rollback()
 
 
-class NodeDatabase:
+class _AddressTable:
+    """The published-address table; shared by ``NodeDatabase`` and ``AddressBook``
+    (subclasses set ``path``, ``_conn`` and ``max_addresses``)."""
+
+    path: str
+    _conn: Any
+    max_addresses: int
+
+    def save_address(self, addr: PublishedAddress) -> None:
+        """Insert or update one of our published addresses (committed on return)."""
+        with self._tx():
+            self._save_address(addr)
+
+    def _save_address(self, addr: PublishedAddress) -> None:
+        c = self._conn
+        if c.execute("SELECT 1 FROM addresses WHERE address = ?", (addr.address,)).fetchone() is None:
+            if c.execute("SELECT count(*) FROM addresses").fetchone()[0] >= self.max_addresses:
+                raise TooManyAddresses(f"{self.path}: {self.max_addresses} published addresses "
+                                       "saved already; delete unused ones first")
+        c.execute("INSERT OR REPLACE INTO addresses VALUES (?,?,?,?,?,?)",
+                  (addr.address, addr.kind, float(addr.created),
+                   None if addr.last_published is None else float(addr.last_published),
+                   int(addr.revision), bytes(addr.blob)))
+
+    def addresses(self) -> list[PublishedAddress]:
+        out = []
+        for a, k, c, lp, r, b in self._conn.execute(
+                "SELECT address, kind, created, last_published, revision, blob FROM addresses "
+                "ORDER BY created, address"):
+            if isinstance(a, str) and isinstance(k, str) and _is_time(c) and c is not None and _is_time(lp) \
+                    and isinstance(r, int) and isinstance(b, bytes):  # malformed rows are skipped
+                out.append(PublishedAddress(address=a, kind=k, created=c, last_published=lp, revision=r,
+                                            blob=bytes(b)))
+        return out
+
+    def get_address(self, address: str) -> Optional[PublishedAddress]:
+        return next((a for a in self.addresses() if a.address == address), None)
+
+    def update_address(self, address: str,
+                       change: Callable[[PublishedAddress], Optional[PublishedAddress]]) -> Optional[PublishedAddress]:
+        """Read-modify-write one row in one write transaction, so a node and a command
+        line updating the same row cannot lose each other's change.  ``change`` gets
+        the row and returns the new one (or None to leave it); returns what was saved,
+        or None if there is no such row."""
+        with self._tx():
+            row = self._conn.execute(
+                "SELECT address, kind, created, last_published, revision, blob FROM addresses WHERE address = ?",
+                (address,)).fetchone()
+            if row is None:
+                return None
+            a, k, c, lp, r, b = row
+            new = change(PublishedAddress(address=a, kind=k, created=c, last_published=lp, revision=r,
+                                          blob=bytes(b)))
+            if new is not None:
+                self._save_address(new)
+            return new
+
+    def delete_address(self, address: str) -> bool:
+        with self._tx():
+            return self._conn.execute("DELETE FROM addresses WHERE address = ?", (address,)).rowcount > 0
+
+    def data_version(self) -> int:
+        """Changes whenever *another* connection commits (``PRAGMA data_version``): a
+        cheap way for a node to notice that the command line edited its addresses."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # ---- internals ---------------------------------------------------------------------
+    def _tx(self) -> "_Tx":
+        return _Tx(self)  # type: ignore[arg-type]
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+class NodeDatabase(_AddressTable):
     """The node's database file; open with ``NodeDatabase.open``.  Not thread-safe: use
     it from the event loop's thread (calls are short and synchronous)."""
 
@@ -389,7 +468,11 @@ class NodeDatabase:
             self._save_reputation(core.reputation, now)
 
     def flush(self) -> None:
-        """Commit pending record deletions."""
+        """Commit pending record deletions (nothing to do, and no write, when none are
+        pending).  Pending deletions hold SQLite's write lock, so a node that shares its
+        address table (``AddressBook``) flushes before it looks for edits."""
+        if self._conn is None or not self._conn.in_transaction:
+            return
         with self._tx():
             pass
 
@@ -490,40 +573,61 @@ class NodeDatabase:
     def record_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM records").fetchone()[0]
 
-    # ---- published addresses -------------------------------------------------------------
-    def save_address(self, addr: PublishedAddress) -> None:
-        """Insert or update one of our published addresses (committed on return)."""
-        with self._tx():
-            c = self._conn
-            if c.execute("SELECT 1 FROM addresses WHERE address = ?", (addr.address,)).fetchone() is None:
-                if c.execute("SELECT count(*) FROM addresses").fetchone()[0] >= self.max_addresses:
-                    raise TooManyAddresses(f"{self.path}: {self.max_addresses} published addresses "
-                                           "saved already; delete unused ones first")
-            c.execute("INSERT OR REPLACE INTO addresses VALUES (?,?,?,?,?,?)",
-                      (addr.address, addr.kind, float(addr.created),
-                       None if addr.last_published is None else float(addr.last_published),
-                       int(addr.revision), bytes(addr.blob)))
 
-    def addresses(self) -> list[PublishedAddress]:
-        return [PublishedAddress(address=a, kind=k, created=c, last_published=lp, revision=r, blob=bytes(b))
-                for a, k, c, lp, r, b in self._conn.execute(
-                    "SELECT address, kind, created, last_published, revision, blob FROM addresses "
-                    "ORDER BY created, address")]
+class AddressBook(_AddressTable):
+    """The published-address table of a node database, opened while the node may be
+    running (``qudag address ...``).
 
-    def delete_address(self, address: str) -> bool:
-        with self._tx():
-            return self._conn.execute("DELETE FROM addresses WHERE address = ?", (address,)).rowcount > 0
+    ``NodeDatabase.open`` takes an exclusive ``flock`` so that two nodes never share a
+    database; the address table is the one part a second process may edit beside the
+    running node: writes go through SQLite's own locking (WAL, ``busy_timeout``) in
+    short read-modify-write transactions, and the node notices them through
+    ``data_version``.  The file is checked as ``NodeDatabase.open`` checks it (declared
+    ``PersistError`` subclasses, never modified); a missing file is created (mode 0600)
+    with the full schema."""
 
-    # ---- internals ---------------------------------------------------------------------
-    def _tx(self) -> "_Tx":
-        return _Tx(self)
+    def __init__(self, path: str, conn: sqlite3.Connection, max_addresses: int) -> None:
+        self.path = path
+        self._conn = conn
+        self.max_addresses = max_addresses
 
-    def _rollback(self) -> None:
+    @classmethod
+    def open(cls, path: "str | os.PathLike[str]", *, max_addresses: int = 1024,
+             create: bool = True) -> "AddressBook":
+        path = os.fspath(path)
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            if not create:
+                raise PersistError(f"{path} does not exist; run the node once (qudag node run) or "
+                                   "create an address first (qudag address new)")
+            NodeDatabase.open(path, max_addresses=max_addresses).close()  # creates the schema
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+            _check_header(path, fd)
+            mode = os.fstat(fd).st_mode & 0o777
+        finally:
+            os.close(fd)  # before SQLite opens it: closing an fd drops the process's POSIX locks
+        conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        try:
+            NodeDatabase._prepare(conn, path, False, "NORMAL", mode if mode & 0o077 else 0)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CorruptDatabase(f"{path}: damaged database ({_one_line(exc)}); restore it from a backup "
+                                  "or move it away (it was not modified)") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn, max_addresses)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "AddressBook":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class _Tx:
@@ -532,7 +636,7 @@ class _Tx:
 
     __slots__ = ("db",)
 
-    def __init__(self, db: NodeDatabase) -> None:
+    def __init__(self, db: _AddressTable) -> None:
         self.db = db
 
     def __enter__(self) -> None:

@@ -270,7 +270,9 @@ def test_testnet_five_nodes(tmp_path):
     for step in ("bootstrap:", "DHT put:", "DHT get: value matches", "link message:", "stopped 5 nodes (5 exited cleanly)"):
         assert step in out, out
     assert "3-hop circuit: through nodes" in out and "circuit stream: 64 KiB echoed" in out
-    assert "dark address:" in out
+    assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
+    assert "dark resolve: by name via node 04: node 00 at 127.0.0.1:" in out
+    assert "dark message: acknowledged by node 00" in out
     assert out.count("/metrics") == 5 and out.rstrip().endswith("testnet: OK")
     assert time.monotonic() - t < 90
     # Every node process has ended: none of the metrics ports still answers.
@@ -311,3 +313,187 @@ def test_testnet_sigint_stops_every_node(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not os.path.exists(tmp)
+
+
+# ---- dark addresses --------------------------------------------------------------------------------
+
+
+def _address_list(node: "RunningNode") -> list[dict]:
+    r = qudag("address", "list", "--data-dir", node.dir, "--json", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_dark_address_publish_resolve_send_and_restart(nodes, tmp_path):
+    dark = str(tmp_path / "dark.json")
+    a = nodes("a", "--dark-directory", dark)
+    b = nodes("b", "--bootstrap", a.udp(), "--dark-directory", dark)
+    lookup = ("--bootstrap", b.udp(), "--dark-directory", dark)
+    # new: derived from A's keystore (needs its passphrase), kept in A's database
+    r = qudag("address", "new", "--keystore", os.path.join(a.dir, "key"))
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert name.endswith(".dark") and len(name) == 56 + 5
+    [row] = _address_list(a)
+    assert row["address"] == name and row["last_published"] is None and not row["publish"]
+    # not published yet: resolving says so in one line
+    r = qudag("resolve", name, *lookup, "--timeout", "10", passphrase=None)
+    assert r.returncode == 1 and "not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # publish through the running node A
+    r = qudag("address", "publish", name, "--data-dir", a.dir, passphrase=None)
+    assert r.returncode == 0, r.stderr + a.stderr()
+    assert r.stdout.startswith(f"published {name}") and "descriptor puts accepted" in r.stdout
+    [row] = _address_list(a)
+    assert row["publish"] and row["last_published"] is not None and row["revision"] > 0
+    # resolve through B (a short-lived DHT node bootstrapped from B): A's node id and link address
+    r = qudag("resolve", name, *lookup, "--json", "--dummies", "2", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["node_id"] == a.node_id and [f"{h}:{p}" for h, p in got["link"]] == [a.tcp()]
+    assert got["name"] == name and not got["long_term"]
+    # B stores descriptors too (k = 3 > 2 nodes): its status says so
+    st = json.loads(urllib.request.urlopen(b.http() + "/status", timeout=5).read())
+    assert st["dark"]["stored_descriptors"] >= 1
+    # send by name, directly
+    r = qudag("send", "--to", name, *lookup, "hello by name", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"resolved to node {a.node_id}" in r.stdout and "acknowledged, digest verified" in r.stdout
+    # bad names: one line, nonzero exit, nothing started
+    bad = name[:10] + ("a" if name[10] != "a" else "b") + name[11:]
+    for text, want in ((bad, "checksum does not match"), ("nope.dark", "alias"),
+                       ("under_score.dark", "not a dark address"), ("hello", "not a dark address")):
+        r = qudag("resolve", text, *lookup, passphrase=None)
+        assert r.returncode == 1 and want in r.stderr, (text, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = qudag("send", "--to", bad, *lookup, "x", passphrase=None)
+    assert r.returncode == 1 and "checksum" in r.stderr
+    r = qudag("address", "publish", "a" * 56 + ".dark", "--data-dir", a.dir, passphrase=None)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    r = qudag("resolve", name, "--bootstrap", b.udp(), passphrase=None)
+    assert r.returncode == 1 and "--dark-directory" in r.stderr
+    # Restart A (new link port): the address is listed, republished with a higher revision,
+    # and resolves to the new link address.
+    rev = row["revision"]
+    assert a.stop() == 0
+    assert _address_list(a)[0]["address"] == name
+    a2 = nodes("a", "--dark-directory", dark, "--bootstrap", b.udp())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        [row] = _address_list(a2)
+        if row["revision"] > rev:
+            break
+        time.sleep(0.2)
+    assert row["revision"] > rev and row["publish"], (row, a2.stderr())
+    assert "republished 1 dark address" in a2.stderr()
+    r = qudag("send", "--to", name, *lookup, "after the restart", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"at {a2.tcp()}" in r.stdout
+    assert a2.stop() == 0
+    assert "message from" in a2.stderr()
+
+
+def test_send_to_a_dark_name_over_three_hops(nodes, tmp_path):
+    dark = str(tmp_path / "dark.json")
+    directory = str(tmp_path / "relays.json")
+    relays = [nodes("r0", "--relay", "--onion-directory", directory, "--dark-directory", dark, "--no-http")]
+    relays += [nodes(f"r{i}", "--relay", "--onion-directory", directory, "--dark-directory", dark, "--no-http",
+                     "--bootstrap", relays[0].udp()) for i in (1, 2)]
+    certs = []
+    for r in relays:
+        with open(os.path.join(r.dir, "onion.cert"), "rb") as f:
+            certs.append(f.read().hex())
+    with open(directory, "w") as f:
+        json.dump(certs, f)
+    exit_node = relays[2]
+    r = qudag("address", "new", "--keystore", os.path.join(exit_node.dir, "key"))
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    r = qudag("address", "publish", name, "--data-dir", exit_node.dir, passphrase=None)
+    assert r.returncode == 0, r.stderr
+    r = qudag("send", "--to", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark,
+              "--hops", "3", "--directory", directory, "anonymous hello", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"resolved to node {exit_node.node_id}" in r.stdout
+    assert "over a 3-hop circuit (acknowledged, digest verified)" in r.stdout
+    assert exit_node.stop() == 0
+    assert exit_node.stderr().count("message over a circuit") == 1
+
+
+def test_address_commands_without_a_node(tmp_path):
+    d = tmp_path / "n"
+    key = str(d / "key")
+    keygen(key)
+    # list before anything exists: told what to do
+    r = qudag("address", "list", "--data-dir", str(d), passphrase=None)
+    assert r.returncode == 1 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    names = []
+    for _ in range(2):
+        r = qudag("address", "new", "--keystore", key)
+        assert r.returncode == 0, r.stderr
+        names.append(r.stdout.strip())
+    assert names[0] != names[1]
+    assert stat.S_IMODE(os.stat(d / "node.db").st_mode) == 0o600
+    # publish with no node running: remembered for the node's next start
+    r = qudag("address", "publish", names[1], "--data-dir", str(d), passphrase=None)
+    assert r.returncode == 0 and "will be published when the node starts" in r.stdout
+    r = qudag("address", "list", "--data-dir", str(d), passphrase=None)
+    assert r.returncode == 0
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == names
+    assert "not published" in lines[0] and "publish pending" in lines[1]
+    # the database never holds key material: only the derivation index
+    from qudag_io.keystore import read_keystore
+    secrets = read_keystore(key, PASS.encode()).values()
+    raw = open(d / "node.db", "rb").read() + (open(d / "node.db-wal", "rb").read()
+                                              if os.path.exists(d / "node.db-wal") else b"")
+    assert not any(s in raw for s in secrets)
+    # wrong passphrase for new: one line
+    r = qudag("address", "new", "--keystore", key, passphrase="wrong")
+    assert r.returncode == 1 and "wrong passphrase" in r.stderr
+    # a foreign database: one line, untouched
+    other = tmp_path / "o"
+    other.mkdir()
+    import sqlite3
+    c = sqlite3.connect(other / "node.db")
+    c.execute("CREATE TABLE t (x)")
+    c.commit()
+    c.close()
+    os.chmod(other / "node.db", 0o600)
+    r = qudag("address", "list", "--data-dir", str(other), passphrase=None)
+    assert r.returncode == 1 and "another application" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dark_commands_say_what_to_do(nodes, tmp_path):
+    lone = nodes("lone")  # no --dark-directory: it stores for others but cannot publish
+    r = qudag("address", "new", "--keystore", os.path.join(lone.dir, "key"))
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    r = qudag("address", "publish", name, "--data-dir", lone.dir, passphrase=None)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no [dark] directory" in r.stderr and "--dark-directory" in r.stderr
+    [row] = _address_list(lone)
+    assert row["publish"] and not row["pending"] and row["result"].startswith("failed")
+    r = qudag("address", "publish", "b" * 56 + ".dark", "--data-dir", lone.dir, passphrase=None)
+    assert r.returncode == 1 and ("checksum" in r.stderr or "not one of this node's addresses" in r.stderr)
+    # a bootstrap node that does not answer, a directory that does not exist
+    dark = str(tmp_path / "dark.json")
+    _register_in_directory(dark, lone.dir)
+    r = qudag("resolve", name, "--bootstrap", "127.0.0.1:9", "--dark-directory", dark, "--timeout", "1",
+              passphrase=None)
+    assert r.returncode == 1 and "no --bootstrap node answered" in r.stderr, r.stderr
+    r = qudag("resolve", name, "--bootstrap", lone.udp(), "--dark-directory", str(tmp_path / "nope.json"),
+              passphrase=None)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    r = qudag("send", "--to", name, "--bootstrap", lone.udp(), "--dark-directory", dark, "--peer-id", "00" * 20,
+              "x", passphrase=None)
+    assert r.returncode == 1 and "drop --peer-id" in r.stderr
+    st = json.loads(qudag("status", "--url", lone.http(), "--json", passphrase=None).stdout)
+    assert st["dark"] == {"stored_descriptors": 0, "can_publish": False}
+
+
+def _register_in_directory(path: str, data_dir: str) -> None:
+    from qudag_core.identity import NodeCertificate
+    from qudag_io.dark import CertificateDirectory
+
+    with open(os.path.join(data_dir, "node.cert"), "rb") as f:
+        CertificateDirectory(path).register(NodeCertificate.from_bytes(f.read()))
