@@ -51,6 +51,7 @@ from qudag_core.dark.descriptor import MAX_DESCRIPTOR_SIZE
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_core.krpc import bencode
 from qudag_core.krpc.errors import BencodeError
+from qudag_core.krpc.ratelimit import RateLimiter
 from qudag_core.link import LinkConfig
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
@@ -82,10 +83,15 @@ class DescriptorServer:
     """The storing side: dark descriptors on top of a DHT node's link handler."""
 
     def __init__(self, dht: DhtNode, store: Optional[DescriptorStore] = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 put_rate: float = 16.0, put_burst: float = 64.0) -> None:
         self.dht = dht
         self.store = store if store is not None else DescriptorStore()
         self.clock = clock
+        # Every put that passes the cheap checks costs an ML-DSA verification, so puts are
+        # limited per link (peer address and port: a new link costs the sender a whole
+        # post-quantum handshake).  Refused puts get error 202 and cost no verification.
+        self.put_limiter = RateLimiter(put_rate, put_burst, max_tracked=4096)
         self.puts: dict = {}  # PutStatus -> count, for tests and metrics
 
     def descriptors_at(self, index: bytes, now: float) -> list:
@@ -113,6 +119,8 @@ class DescriptorServer:
             d = a.get(b"d")
             if not isinstance(d, bytes):
                 return _error(tid, 203, "missing d")
+            if not self.put_limiter.allow(f"{peer_addr[0]}:{peer_addr[1]}", now):
+                return _error(tid, 202, "rate limited: too many dark_put on this link, retry later")
             status = self.store.put(d, now)
             self.puts[status] = self.puts.get(status, 0) + 1
             return bencode.encode({b"t": tid, b"y": b"r", b"r": {b"s": status.value.encode()}})

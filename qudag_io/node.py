@@ -126,10 +126,11 @@ async def send_message(conn: Connection, data: bytes, *, timeout: float = 10.0) 
     await asyncio.wait_for(ack(), timeout)
 
 
-#: Indices (blinded dark addresses x period) the node stores descriptors for.  The store
-#: bounds counts, not bytes: at 8 slots of at most MAX_DESCRIPTOR_SIZE (70 KB) this is
-#: ~290 MB in the worst case, ~80 MB for ordinary (20 KB) descriptors.
+#: Indices (blinded dark addresses x period) the node stores descriptors for, and the
+#: bytes they may hold in all (8 slots of at most MAX_DESCRIPTOR_SIZE each would otherwise
+#: allow ~290 MB; ordinary descriptors are ~17 KB, so 32 MiB is ~1,900 of them).
 DARK_STORE_INDICES = 512
+DARK_STORE_BYTES = 32 * 1024 * 1024
 
 #: Bytes the "echo" onion service returns at most per stream (bounded work per stream).
 ECHO_LIMIT = 1 << 20
@@ -276,7 +277,7 @@ class Node:
         dht_id = node_dht_id(bytes(self.identity.node_id))
         self.dht = await DhtNode.start(*s.dht_listen, node_id=dht_id, bootstrap=boot, wait_bootstrap=False)
         self._meter_udp(self.dht)
-        self.dark_server = DescriptorServer(self.dht, DescriptorStore(slots_per_index=8,
+        self.dark_server = DescriptorServer(self.dht, DescriptorStore(slots_per_index=8, max_bytes=DARK_STORE_BYTES,
                                                                       max_indices=DARK_STORE_INDICES))
         if s.dark_directory:
             directory = CertificateDirectory(s.dark_directory)

@@ -204,6 +204,11 @@ class OuterDescriptor:
             self._raw = self.signed_part() + self.signature
         return self._raw
 
+    @property
+    def size(self) -> int:
+        """Encoded length in bytes."""
+        return len(self.to_bytes())
+
     @classmethod
     def from_bytes(cls, data: bytes) -> "OuterDescriptor":
         """Strict parse; raises ``DescriptorMalformed`` only."""
@@ -431,22 +436,28 @@ class DescriptorStore:
     refused (``FULL``) -- nothing is ever evicted to make room, so a flood of forgeries
     can't displace a descriptor stored before it.  Descriptors of periods older than
     ``current - 1`` are dropped; periods beyond ``current + 1`` are refused.  Indices are
-    bounded by ``max_indices`` (``STORE_FULL`` once every held period is current).
+    bounded by ``max_indices`` and the bytes held by ``max_bytes`` (``STORE_FULL`` once
+    either is reached and every held period is current): a count bound alone would let
+    maximal (~17 KB) descriptors in every slot grow the store to gigabytes.
 
     Checks run cheapest first: size/parse, period window, then (for a held key) the
     revision, and only then the ML-DSA signature -- so replays and most garbage cost no
     signature verification, and nothing unverified is ever stored."""
 
-    __slots__ = ("_by_index", "slots_per_index", "max_indices", "signature_checks", "_swept_period")
+    __slots__ = ("_by_index", "slots_per_index", "max_indices", "max_bytes", "signature_checks",
+                 "_swept_period", "_bytes")
 
-    def __init__(self, slots_per_index: int = 8, max_indices: int = 65536) -> None:
-        if slots_per_index < 1 or max_indices < 1:
+    def __init__(self, slots_per_index: int = 8, max_indices: int = 65536,
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
+        if slots_per_index < 1 or max_indices < 1 or max_bytes < 1:
             raise ValueError("store bounds must be positive")
         self._by_index: OrderedDict = OrderedDict()  # index -> OrderedDict[period_pk, OuterDescriptor]
         self.slots_per_index = slots_per_index
         self.max_indices = max_indices
+        self.max_bytes = max_bytes
         self.signature_checks = 0
         self._swept_period = -1
+        self._bytes = 0  # len(to_bytes()) of every held descriptor
 
     def _expire(self, now: float) -> None:
         # Entries only age out at period boundaries: sweep once per period, not per put.
@@ -455,7 +466,7 @@ class DescriptorStore:
             return
         self._swept_period = cur
         for idx in [i for i, slots in self._by_index.items() if next(iter(slots.values())).period < cur - 1]:
-            del self._by_index[idx]
+            self._bytes -= sum(d.size for d in self._by_index.pop(idx).values())
 
     def put(self, data: bytes, now: float) -> PutStatus:
         try:
@@ -475,6 +486,8 @@ class DescriptorStore:
         if slots is None:
             if len(self._by_index) >= self.max_indices:
                 return PutStatus.STORE_FULL
+        if self._bytes - (held.size if held is not None else 0) + len(data) > self.max_bytes:
+            return PutStatus.STORE_FULL
         self.signature_checks += 1
         try:
             d.verify()
@@ -483,6 +496,7 @@ class DescriptorStore:
         if slots is None:
             slots = self._by_index[d.index] = OrderedDict()
         slots[d.period_public_key] = d
+        self._bytes += d.size - (held.size if held is not None else 0)
         return PutStatus.REPLACED if held is not None else PutStatus.ACCEPTED
 
     def get(self, index: bytes, now: Optional[float] = None) -> list:
@@ -496,6 +510,11 @@ class DescriptorStore:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_index.values())
+
+    @property
+    def bytes_held(self) -> int:
+        """Encoded size of every descriptor held (what ``max_bytes`` bounds)."""
+        return self._bytes
 
 
 # --------------------------------------------------------------------------- publisher

@@ -71,6 +71,35 @@ def test_handle_any_bytes_and_any_query():
         runner.close()
 
 
+def test_dark_put_rate_limited_per_link_before_any_signature_check():
+    """Each accepted-looking put costs the server an ML-DSA verification, so puts are
+    limited per link: past the burst a put gets error 202 and costs no verification,
+    while another link (another peer address) is still served."""
+    runner, dht, _ = _server()
+    try:
+        t = [time.time()]
+        srv = DescriptorServer(dht, clock=lambda: t[0], put_rate=1.0, put_burst=3)
+        junk = bencode.encode({b"t": b"aa", b"y": b"q", b"q": b"dark_put", b"a": {b"d": b"\x01" * 64}})
+        link_a, link_b = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
+        replies = [bencode.decode(srv.handle(junk, link_a)) for _ in range(5)]
+        assert [r[b"y"] for r in replies] == [b"r"] * 3 + [b"e"] * 2
+        assert replies[-1][b"e"][0] == 202
+        assert bencode.decode(srv.handle(junk, link_b))[b"y"] == b"r"
+        checks = srv.store.signature_checks
+        index, data = _PUB[0]
+        real = bencode.encode({b"t": b"bb", b"y": b"q", b"q": b"dark_put", b"a": {b"d": data}})
+        assert bencode.decode(srv.handle(real, link_a))[b"e"][0] == 202
+        assert srv.store.signature_checks == checks and srv.store.get(index) == []
+        t[0] += 1.0  # one token back
+        assert bencode.decode(srv.handle(real, link_a))[b"r"][b"s"] == PutStatus.ACCEPTED.value.encode()
+        # dark_get is not limited by the put budget
+        get = bencode.encode({b"t": b"cc", b"y": b"q", b"q": b"dark_get", b"a": {b"x": index, b"i": 0}})
+        assert bencode.decode(srv.handle(get, link_a), 1 << 17)[b"r"][b"n"] == 1
+    finally:
+        runner.run(dht.close())
+        runner.close()
+
+
 class _Garbage(DescriptorServer):
     def handle(self, data, peer_addr):
         msg = bencode.decode(data, 1 << 17)

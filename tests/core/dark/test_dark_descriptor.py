@@ -168,6 +168,26 @@ def test_store_bounds_indices():
     assert store.put(other.build(P, 1, NOW + 60, Rng()), NOW) is PutStatus.STORE_FULL
 
 
+def test_store_bounds_bytes_and_frees_them_on_expiry():
+    """A count bound alone lets maximal descriptors grow the store without limit in
+    bytes: ``max_bytes`` refuses a put that would exceed it (before any signature
+    check), a replacement is charged only its growth, and expiry gives the bytes back."""
+    size = len(REAL)
+    store = DescriptorStore(max_bytes=size + size // 2)
+    assert store.put(REAL, NOW).accepted
+    assert store.bytes_held == size
+    other = DarkService(bytes([42]) * 32, certificate=SERVICE_CERT).build(P, 1, NOW + 60, Rng())
+    checks = store.signature_checks
+    assert store.put(other, NOW) is PutStatus.STORE_FULL
+    assert store.signature_checks == checks
+    assert store.bytes_held == size and len(store) == 1
+    # Two periods later the held descriptor has expired and its bytes are free again.
+    later = NOW + 2 * 86400
+    fresh = DarkService(bytes([42]) * 32, certificate=SERVICE_CERT).build(P + 2, 1, later + 60, Rng())
+    assert store.put(fresh, later).accepted
+    assert store.bytes_held == len(fresh) and len(store) == 1
+
+
 def _mutate(data: bytes, rnd: random.Random) -> bytes:
     b = bytearray(data)
     kind = rnd.randrange(6)
