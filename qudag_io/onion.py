@@ -369,6 +369,9 @@ class OnionNode:
         self.cell_filter: Optional[Callable[[bytes, bytes], bytes]] = None
         self.link_send_hook: Optional[Callable[[bytes, bytes], None]] = None
         self.link_recv_hook: Optional[Callable[[bytes, bytes], None]] = None
+        #: Counters for metrics: client circuits built / failed before they were built.
+        self.circuits_built = self.circuits_failed = 0
+        self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of links already lost
 
     @classmethod
     async def start(
@@ -446,8 +449,16 @@ class OnionNode:
         finally:
             self._dialing.pop(node_id, None)
 
+    def link_bytes(self) -> tuple[int, int]:
+        """Wire bytes (received, sent) on every link this node has had, handshakes included."""
+        live = [link.conn for link in self._links_by_id.values()]
+        gin, gout = self._gone_link_bytes
+        return gin + sum(c.bytes_received for c in live), gout + sum(c.bytes_sent for c in live)
+
     def _link_lost(self, link: _NodeLink) -> None:
-        self._links_by_id.pop(link.id, None)
+        if self._links_by_id.pop(link.id, None) is not None:
+            gin, gout = self._gone_link_bytes
+            self._gone_link_bytes = (gin + link.conn.bytes_received, gout + link.conn.bytes_sent)
         if self._links_by_peer.get(link.peer) is link:
             del self._links_by_peer[link.peer]
         if self._closed:
@@ -1050,6 +1061,7 @@ class OnionCircuit(_StreamOwner):
             elif isinstance(ev, CircuitBuilt):
                 if not self.built.done():
                     self.built.set_result(None)
+                    self.node.circuits_built += 1
             elif isinstance(ev, CircuitClosed):
                 self._closed_event(ev)
         self._send_cells()
@@ -1072,6 +1084,7 @@ class OnionCircuit(_StreamOwner):
         if self.node._client_circs.pop((self.link.id, self.circ_id), None) is not None:
             self.link.client_circuits -= 1
         if not self.built.done():
+            self.node.circuits_failed += 1
             self.built.set_exception(exc)
             self.built.exception()
         if not self.closed.done():
