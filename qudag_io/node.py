@@ -320,8 +320,11 @@ class Node:
 
     def _meter_onion(self, onion: OnionNode) -> None:
         """Read the onion node's own counters on every scrape: cells relayed and relay
-        circuits from its relay core, client circuits and link wire bytes from the
-        adapter.  Nothing runs per cell here."""
+        circuits from its relay core, client circuits, links (connections, handshakes) and
+        their wire bytes from the adapter.  Nothing runs per cell here.  Failed onion link
+        handshakes are counted as they happen, by reason."""
+        metrics = self.metrics
+        onion.on_handshake_failed = lambda exc: metrics.handshake_failed(classify_handshake_failure(exc))
         self._sync_sources.append(lambda: self._sync_onion(onion))
 
     def meter_resolver(self, resolver: Any) -> None:
@@ -373,6 +376,12 @@ class Node:
 
     def _sync_onion(self, onion: OnionNode) -> None:
         m, relay = self.metrics, onion.relay
+        for i, d in enumerate((Direction.INBOUND, Direction.OUTBOUND)):
+            for _ in range(self._advance(f"onion_opened_{d}", onion.links_opened[i])):
+                m.handshake_ok()  # a link only exists once its handshake completed
+                m.connection_opened(d)
+            for _ in range(self._advance(f"onion_lost_{d}", onion.links_lost[i])):
+                m.connection_closed(d)
         m.cells_relayed(self._advance("cells_relayed", relay.cells_relayed))
         for role, built, failed in ((CircuitRole.RELAY, relay.circuits_opened, relay.circuits_failed),
                                     (CircuitRole.CLIENT, onion.circuits_built, onion.circuits_failed)):

@@ -201,6 +201,7 @@ class _NodeLink:
         self._drained = asyncio.Event()
         self._drained.set()
         self.closed = False
+        self.outbound = False  #: we dialled it
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write_loop())
 
@@ -369,9 +370,13 @@ class OnionNode:
         self.cell_filter: Optional[Callable[[bytes, bytes], bytes]] = None
         self.link_send_hook: Optional[Callable[[bytes, bytes], None]] = None
         self.link_recv_hook: Optional[Callable[[bytes, bytes], None]] = None
-        #: Counters for metrics: client circuits built / failed before they were built.
+        #: Counters for metrics: client circuits built / failed before they were built;
+        #: links opened and lost by direction ([inbound, outbound]).
         self.circuits_built = self.circuits_failed = 0
+        self.links_opened, self.links_lost = [0, 0], [0, 0]
         self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of links already lost
+        #: ``on_handshake_failed(exc)`` is told of every failed link handshake (metrics).
+        self.on_handshake_failed: Optional[Callable[[BaseException], None]] = None
 
     @classmethod
     async def start(
@@ -379,7 +384,8 @@ class OnionNode:
     ) -> "OnionNode":
         node = cls(identity, directory, **kw)
         node.listener = await listen(
-            host, port, identity=identity, handler=node._accept, config=node.link_config, rng=node.rng
+            host, port, identity=identity, handler=node._accept, config=node.link_config, rng=node.rng,
+            on_handshake_failed=node._handshake_failed,
         )
         node.certificate = node.listener.certificate
         return node
@@ -403,8 +409,14 @@ class OnionNode:
         link = self._add_link(conn)
         await link.read_loop()
 
-    def _add_link(self, conn: Connection) -> _NodeLink:
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if self.on_handshake_failed is not None:
+            self.on_handshake_failed(exc)
+
+    def _add_link(self, conn: Connection, outbound: bool = False) -> _NodeLink:
         link = _NodeLink(self, self._next_link_id, conn)
+        link.outbound = outbound
+        self.links_opened[outbound] += 1
         self._next_link_id += 1
         self._links_by_id[link.id] = link
         self._links_by_peer[link.peer] = link
@@ -434,16 +446,20 @@ class OnionNode:
             if entry is None or not entry.certificate.addresses:
                 raise LookupError(f"relay {node_id.hex()[:16]} not in the directory")
             host, port = entry.certificate.addresses[0]
-            conn = await connect(
-                str(host),
-                int(port),
-                identity=self.identity,
-                peer_certificate=entry.certificate,
-                config=self.link_config,
-                timeout=timeout,
-                rng=self.rng,
-            )
-            link = self._add_link(conn)
+            try:
+                conn = await connect(
+                    str(host),
+                    int(port),
+                    identity=self.identity,
+                    peer_certificate=entry.certificate,
+                    config=self.link_config,
+                    timeout=timeout,
+                    rng=self.rng,
+                )
+            except (ConnectionClosed, asyncio.TimeoutError) as exc:
+                self._handshake_failed(exc)
+                raise
+            link = self._add_link(conn, outbound=True)
             self._spawn(link.read_loop())
             return link
         finally:
@@ -459,6 +475,7 @@ class OnionNode:
         if self._links_by_id.pop(link.id, None) is not None:
             gin, gout = self._gone_link_bytes
             self._gone_link_bytes = (gin + link.conn.bytes_received, gout + link.conn.bytes_sent)
+            self.links_lost[link.outbound] += 1
         if self._links_by_peer.get(link.peer) is link:
             del self._links_by_peer[link.peer]
         if self._closed:

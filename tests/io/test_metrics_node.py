@@ -151,6 +151,12 @@ def test_circuits_and_cells_relayed_on_a_three_hop_circuit(run, tmp_path):
             await stream.send(payload)
             assert await stream.readexactly(len(payload)) == payload
             ms = {r: await scrape(r) for r in (entry, middle, exit_)}
+            # Onion links are connections with handshakes: the client dialled the entry,
+            # the entry the middle, the middle the exit.
+            for r, inbound, outbound in ((entry, 1, 1), (middle, 1, 1), (exit_, 1, 0)):
+                assert ms[r]['qudag_connections_active{direction="inbound"}'] == inbound
+                assert ms[r]['qudag_connections_opened_total{direction="outbound"}'] == outbound
+                assert ms[r]["qudag_handshakes_ok_total"] == inbound + outbound
             for r, m in ms.items():
                 assert m['qudag_circuits_built_total{role="relay"}'] == 1
                 assert m['qudag_circuits_active{role="relay"}'] == 1
@@ -193,6 +199,18 @@ def test_circuits_and_cells_relayed_on_a_three_hop_circuit(run, tmp_path):
             m = await scrape(entry)
             assert m['qudag_circuits_failed_total{role="client"}'] == 1
             assert m['qudag_circuits_built_total{role="client"}'] == 1
+
+            # A failed handshake on the onion listener is counted by reason.
+            rd, wr = await asyncio.open_connection(*exit_.onion.address)
+            wr.write(b"\xff" * 300)
+            await wr.drain()
+            await asyncio.wait_for(rd.read(), 5)
+            wr.close()
+            await until(lambda: exit_.metrics.registry.get_sample_value(
+                "qudag_handshakes_failed_total", {"reason": "bad_message"}) == 1, "the failure to be counted")
+            # The middle dialled the relay that was gone: no handshake, no connection.
+            m = await scrape(middle)
+            assert m['qudag_connections_opened_total{direction="outbound"}'] == 1
 
             # A relay at its circuit limit refuses CREATE: a rate-limit drop, not a circuit.
             middle.onion.relay._max_circuits = 0
