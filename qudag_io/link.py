@@ -75,6 +75,9 @@ class LinkProtocol(asyncio.Protocol):
         self._read_paused = False
         self.closed: Optional[ConnectionClosed] = None
         self.closed_event = asyncio.Event()
+        #: Bytes read from / written to the socket (handshake and framing included).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +87,7 @@ class LinkProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.core is not None
+        self.bytes_received += len(data)
         self._process(self.core.receive_data(data, time.time()))
         self._transmit()
 
@@ -140,6 +144,7 @@ class LinkProtocol(asyncio.Protocol):
         data = core.data_to_send()
         if data and not transport.is_closing():
             transport.write(data)
+            self.bytes_sent += len(data)
         if core.is_closed:
             if not transport.is_closing():
                 transport.close()
@@ -247,6 +252,16 @@ class Connection:
     @property
     def is_closed(self) -> bool:
         return self._p.closed is not None
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the socket so far, handshake and framing included."""
+        return self._p.bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the socket so far, handshake and framing included."""
+        return self._p.bytes_sent
 
     def __aiter__(self) -> "Connection":
         return self

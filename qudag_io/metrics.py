@@ -14,6 +14,12 @@ label combinations are created up front, so the set of series is also the same b
 and after activity (Prometheus' advice for labelled metrics: absent series break
 ``rate()`` and alerts).
 
+Figures that other objects already count (the relay core's cells and circuits, a link's
+wire bytes, a rate limiter's drops) are read when the registry is collected: callbacks
+added with :meth:`NodeMetrics.add_collect_hook` run first on every scrape (both text
+formats) and turn the counts into counter increments, so hot paths pay one integer
+addition and no call into this module.
+
 Latency histograms (``qudag_dht_operation_duration_seconds``) observe successful
 operations only: a timed-out query's "latency" is the configured timeout, and counting it
 would pin the upper quantiles there.  Timeouts and errors are counted in
@@ -22,13 +28,15 @@ would pin the upper quantiles there.  Timeouts and errors are counted in
 from __future__ import annotations
 
 import enum
+import logging
 import math
-from typing import Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
+    "CircuitRole",
     "DHT_LATENCY_BUCKETS",
     "DhtOp",
     "DhtOutcome",
@@ -40,6 +48,8 @@ __all__ = [
 ]
 
 OTHER = "other"
+
+log = logging.getLogger("qudag.metrics")
 
 
 class Direction(enum.StrEnum):
@@ -92,6 +102,14 @@ class DhtOutcome(enum.StrEnum):
     OTHER = OTHER
 
 
+class CircuitRole(enum.StrEnum):
+    """This node's part in an onion circuit (label ``role``)."""
+
+    CLIENT = "client"  #: it built the circuit
+    RELAY = "relay"  #: it carries the circuit for someone else (any hop, exit included)
+    OTHER = OTHER
+
+
 class Limiter(enum.StrEnum):
     """Which rate limiter dropped something (label ``limiter``)."""
 
@@ -120,6 +138,7 @@ _TRANSPORTS = _canon(Transport)
 _DHT_OPS = _canon(DhtOp)
 _DHT_OUTCOMES = _canon(DhtOutcome)
 _LIMITERS = _canon(Limiter)
+_ROLES = _canon(CircuitRole)
 
 
 def _label(value: object, allowed: dict[str, str]) -> str:
@@ -140,6 +159,22 @@ def _amount(n: int) -> int:
     return n
 
 
+class _HookedRegistry(CollectorRegistry):
+    """A registry that runs its owner's collect hooks before every collection."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterator:
+        for hook in list(self.hooks):
+            try:
+                hook()
+            except Exception:  # a broken source must not take /metrics down with it
+                log.exception("metrics collect hook failed")
+        yield from super().collect()
+
+
 class NodeMetrics:
     """The metrics of one node, in a private ``CollectorRegistry``.
 
@@ -151,7 +186,7 @@ class NodeMetrics:
     """
 
     def __init__(self, *, namespace: str = "qudag") -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry: CollectorRegistry = _HookedRegistry()
         reg = self.registry
         ns = namespace
 
@@ -162,8 +197,8 @@ class NodeMetrics:
         self._hs_ok = Counter("handshakes_ok", "Link handshakes completed.", namespace=ns, registry=reg)
         self._hs_failed = Counter("handshakes_failed", "Link handshakes that failed, by reason.", ["reason"], namespace=ns, registry=reg)
 
-        self._bytes_in = Counter("bytes_received", "Bytes received from the network (payload of reads/datagrams).", ["transport"], namespace=ns, registry=reg)
-        self._bytes_out = Counter("bytes_sent", "Bytes sent to the network (payload of writes/datagrams).", ["transport"], namespace=ns, registry=reg)
+        self._bytes_in = Counter("bytes_received", "Bytes received from the network (TCP stream bytes, UDP datagram payloads).", ["transport"], namespace=ns, registry=reg)
+        self._bytes_out = Counter("bytes_sent", "Bytes sent to the network (TCP stream bytes, UDP datagram payloads).", ["transport"], namespace=ns, registry=reg)
 
         self._dht_ops = Counter("dht_operations", "DHT operations this node started, by operation and outcome.", ["op", "outcome"], namespace=ns, registry=reg)
         self._dht_latency = Histogram(
@@ -175,9 +210,9 @@ class NodeMetrics:
             buckets=DHT_LATENCY_BUCKETS,
         )
 
-        self._circ_built = Counter("circuits_built", "Onion circuits built.", namespace=ns, registry=reg)
-        self._circ_failed = Counter("circuits_failed", "Onion circuits whose construction failed.", namespace=ns, registry=reg)
-        self._circ_active = Gauge("circuits_active", "Onion circuits currently open.", namespace=ns, registry=reg)
+        self._circ_built = Counter("circuits_built", "Onion circuits built (client) or accepted (relay).", ["role"], namespace=ns, registry=reg)
+        self._circ_failed = Counter("circuits_failed", "Onion circuits that failed before they were built (client) or accepted (relay).", ["role"], namespace=ns, registry=reg)
+        self._circ_active = Gauge("circuits_active", "Onion circuits currently open.", ["role"], namespace=ns, registry=reg)
         self._cells_relayed = Counter("cells_relayed", "Onion cells relayed for other nodes.", namespace=ns, registry=reg)
 
         self._resolver_hits = Counter("resolver_cache_hits", "Dark-address resolutions answered from the cache.", namespace=ns, registry=reg)
@@ -201,6 +236,16 @@ class NodeMetrics:
                 self._dht_ops.labels(op, outcome)
         for lim in _LIMITERS:
             self._ratelimit_drops.labels(lim)
+        for role in _ROLES:
+            self._circ_built.labels(role)
+            self._circ_failed.labels(role)
+            self._circ_active.labels(role)
+
+    def add_collect_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` before every collection of this registry (each scrape), e.g. to
+        turn counts another object keeps into increments here.  A hook that raises is
+        logged and skipped; the exposition goes on."""
+        self.registry.hooks.append(hook)  # type: ignore[attr-defined]
 
     # -- connections --------------------------------------------------------------
     def connection_opened(self, direction: _Label = Direction.INBOUND) -> None:
@@ -244,17 +289,25 @@ class NodeMetrics:
                 self._dht_latency.labels(o).observe(s)
 
     # -- onion --------------------------------------------------------------------
-    def circuit_built(self) -> None:
-        """A circuit finished building; it counts as active until :meth:`circuit_closed`."""
-        self._circ_built.inc()
-        self._circ_active.inc()
+    def circuit_built(self, role: _Label = CircuitRole.CLIENT, n: int = 1) -> None:
+        """``n`` circuits finished building (``client``) or were accepted (``relay``: the
+        CREATE handshake completed here); they count as active until
+        :meth:`circuit_closed` (or :meth:`set_circuits_active` says otherwise)."""
+        r = _label(role, _ROLES)
+        self._circ_built.labels(r).inc(_amount(n))
+        self._circ_active.labels(r).inc(n)
 
-    def circuit_failed(self) -> None:
-        """A circuit never completed (it was never active)."""
-        self._circ_failed.inc()
+    def circuit_failed(self, role: _Label = CircuitRole.CLIENT, n: int = 1) -> None:
+        """``n`` circuits died before they were built / accepted (never active)."""
+        self._circ_failed.labels(_label(role, _ROLES)).inc(_amount(n))
 
-    def circuit_closed(self) -> None:
-        self._circ_active.dec()
+    def circuit_closed(self, role: _Label = CircuitRole.CLIENT) -> None:
+        self._circ_active.labels(_label(role, _ROLES)).dec()
+
+    def set_circuits_active(self, n: int, role: _Label = CircuitRole.CLIENT) -> None:
+        """Set the number of open circuits from a source that tracks them (a relay core's
+        circuit table) instead of counting builds and closes."""
+        self._circ_active.labels(_label(role, _ROLES)).set(_amount(n))
 
     def cells_relayed(self, n: int = 1) -> None:
         self._cells_relayed.inc(_amount(n))
@@ -288,4 +341,5 @@ class NodeMetrics:
             "op": tuple(_DHT_OPS),
             "outcome": tuple(_DHT_OUTCOMES),
             "limiter": tuple(_LIMITERS),
+            "role": tuple(_ROLES),
         }

@@ -14,16 +14,21 @@ What runs (``await Node.start(identity, settings)``):
 * ``start_http_server`` on ``settings.http_listen`` (127.0.0.1 by default) with
   ``/metrics`` and ``/status``.
 
-The decision a reader would ask about: **where metrics come from without editing the
-adapters.**  The node counts at its own boundary: link connections; handshake outcomes
-(a failed dial's exception, or a failed inbound handshake reported by the listener's
-``on_handshake_failed`` hook, classified by its handshake error code); application
-message payload bytes on links (``transport="tcp"``: not wire bytes, the link adapter
-has no byte hook); every UDP datagram of the DHT socket (wire bytes, ``transport="udp"``,
-by wrapping the datagram transport's ``sendto`` and the protocol's ``datagram_received``
-right after ``DhtNode.start``, so the first bootstrap queries are not counted); the DHT
-core's rate-limiter drops (its counter, read after each datagram); and the DHT
-operations the node starts, with their latency.
+The decision a reader would ask about: **where metrics come from without a metrics call
+on every hot path.**  The node counts events at its own boundary: link connections
+(accepted ones and its own dials); handshake outcomes (a dial's result, or a failed
+inbound handshake reported by the listener's ``on_handshake_failed`` hook, classified by
+its handshake error code); every UDP datagram of the DHT socket (``transport="udp"``, by
+wrapping the datagram transport's ``sendto`` and the protocol's ``datagram_received``
+right after ``DhtNode.start``, so the first bootstrap queries are not counted); and the
+DHT operations the node starts, with their latency.  Everything else is a count another
+object keeps, read on every scrape (:meth:`Node.sync_metrics`, a collect hook of the
+metrics registry) and turned into increments: TCP wire bytes of every link, handshakes
+and framing included (``Connection.bytes_received``/``bytes_sent``; a link's final
+counts are kept when it closes), the DHT core's rate-limiter drops, and with a relay the
+relay core's cells relayed and circuits and the onion adapter's client circuits and link
+bytes.  A dark-address resolver the node drives is metered with
+:meth:`Node.meter_resolver`.
 
 With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
 listener** (``settings.onion_listen``): the simplest honest wiring, as the onion adapter
@@ -33,7 +38,7 @@ The relay's directory is a :class:`FileDirectory` (certificates in a JSON file, 
 when a relay is missing) until relay descriptors are distributed through the DHT.  As a
 circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"``
 service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
-reports the number of circuits relayed (from the relay core's table).
+reports the circuits open through the relay and the cells it has relayed.
 
 Dark addresses (docs/dark.md §8): the node's links also carry the dark storage
 protocol.  A link message that is a bencoded dictionary (first byte ``d``; application
@@ -67,7 +72,8 @@ from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
 from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
-from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
+from qudag_io.metrics import (CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics,
+                              Transport)
 
 __all__ = ["FileDirectory", "MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message",
            "send_over_stream", "write_directory"]
@@ -252,6 +258,11 @@ class Node:
         self.peers: dict[Connection, Direction] = {}
         self._t0 = time.monotonic()
         self._dht_drops_seen = 0
+        self._counted: dict[str, int] = {}  # source -> the total already turned into increments
+        self._dialed: set[Connection] = set()  # outbound links handed to callers, until closed
+        self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of this node's links already closed
+        self._sync_sources: list[Callable[[], None]] = [self._sync_drops, self._sync_link_bytes]
+        self.metrics.add_collect_hook(self.sync_metrics)
         self._stopped = False
         self._addresses: Optional[dict[str, Any]] = None
 
@@ -283,6 +294,7 @@ class Node:
             directory = CertificateDirectory(s.dark_directory)
             directory.register(self.certificate)
             self.dark = DarkClient(self.dht, self.identity, directory, local=self.dark_server)
+            self.meter_resolver(self.dark.resolver)
         if boot:
             t = time.monotonic()
             try:
@@ -336,19 +348,84 @@ class Node:
         dht._transport = _CountingTransport(transport)  # type: ignore[assignment]
 
     def _meter_onion(self, onion: OnionNode) -> None:
-        """Onion link traffic (bytes, ``transport="tcp"``) through the adapter's public
-        per-message hooks.  ``cells_relayed`` is not counted: a link message does not say
-        whether its cells are forwarded or originated here (an exit's replies)."""
+        """Read the onion node's own counters on every scrape: cells relayed and relay
+        circuits from its relay core, client circuits, links (connections, handshakes) and
+        their wire bytes from the adapter.  Nothing runs per cell here.  Failed onion link
+        handshakes are counted as they happen, by reason."""
+        metrics = self.metrics
+        onion.on_handshake_failed = lambda exc: metrics.handshake_failed(classify_handshake_failure(exc))
+        self._sync_sources.append(lambda: self._sync_onion(onion))
+
+    def meter_resolver(self, resolver: Any) -> None:
+        """Count the cache hits and misses of a dark-address resolver this node drives
+        (a ``qudag_core.dark.Resolver``, e.g. ``DarkClient.resolver``): every
+        ``resolve()`` call is one, a hit when it answers from the cache."""
+        inner = resolver.resolve
         metrics = self.metrics
 
-        def recv(peer: bytes, message: bytes) -> None:
-            metrics.bytes_received(len(message), Transport.TCP)
+        def resolve(address: Any, now: float) -> list:
+            events = inner(address, now)
+            if any(getattr(ev, "from_cache", False) for ev in events):
+                metrics.resolver_cache_hit()
+            else:
+                metrics.resolver_cache_miss()
+            return events
 
-        def send(peer: bytes, message: bytes) -> None:
-            metrics.bytes_sent(len(message), Transport.TCP)
+        resolver.resolve = resolve
 
-        onion.link_recv_hook = recv
-        onion.link_send_hook = send
+    def sync_metrics(self) -> None:
+        """Turn the counts other objects keep (DHT rate limiter, link byte counters, the
+        onion relay) into metric increments.  Runs before every scrape."""
+        for sync in self._sync_sources:
+            sync()
+
+    def _advance(self, source: str, total: int) -> int:
+        """How much ``total`` (a monotonic count kept elsewhere) grew since last asked."""
+        seen = self._counted.get(source, 0)
+        if total <= seen:
+            return 0
+        self._counted[source] = total
+        return total - seen
+
+    def _retire_link(self, conn: Connection) -> None:
+        """A node link ended: keep its final byte counts (call once per link)."""
+        gin, gout = self._gone_link_bytes
+        self._gone_link_bytes = (gin + conn.bytes_received, gout + conn.bytes_sent)
+
+    def _sync_link_bytes(self) -> None:
+        for conn in [c for c in self._dialed if c.is_closed]:
+            self._dialed.discard(conn)
+            self._retire_link(conn)
+            self.metrics.connection_closed(Direction.OUTBOUND)
+        live = [*self.peers, *self._dialed]
+        gin, gout = self._gone_link_bytes
+        m = self.metrics
+        m.bytes_received(self._advance("link_in", gin + sum(c.bytes_received for c in live)), Transport.TCP)
+        m.bytes_sent(self._advance("link_out", gout + sum(c.bytes_sent for c in live)), Transport.TCP)
+
+    def _sync_onion(self, onion: OnionNode) -> None:
+        m, relay = self.metrics, onion.relay
+        for i, d in enumerate((Direction.INBOUND, Direction.OUTBOUND)):
+            for _ in range(self._advance(f"onion_opened_{d}", onion.links_opened[i])):
+                m.handshake_ok()  # a link only exists once its handshake completed
+                m.connection_opened(d)
+            for _ in range(self._advance(f"onion_lost_{d}", onion.links_lost[i])):
+                m.connection_closed(d)
+        m.cells_relayed(self._advance("cells_relayed", relay.cells_relayed))
+        for role, built, failed in ((CircuitRole.RELAY, relay.circuits_opened, relay.circuits_failed),
+                                    (CircuitRole.CLIENT, onion.circuits_built, onion.circuits_failed)):
+            n = self._advance(f"{role}_built", built)
+            if n:
+                m.circuit_built(role, n)
+            n = self._advance(f"{role}_failed", failed)
+            if n:
+                m.circuit_failed(role, n)
+        m.set_circuits_active(relay.circuit_count, CircuitRole.RELAY)
+        m.set_circuits_active(sum(1 for c in list(onion._client_circs.values()) if c.is_open), CircuitRole.CLIENT)
+        m.ratelimit_drop(Limiter.CIRCUITS, self._advance("circuits_refused", relay.circuits_refused))
+        bytes_in, bytes_out = onion.link_bytes()
+        m.bytes_received(self._advance("onion_in", bytes_in), Transport.TCP)
+        m.bytes_sent(self._advance("onion_out", bytes_out), Transport.TCP)
 
     def _sync_drops(self) -> None:
         if self.dht is None:
@@ -404,27 +481,25 @@ class Node:
         log.info("%s link with %s", direction.value, conn.peer_node_id)
         try:
             async for msg in conn:
-                self.metrics.bytes_received(len(msg), Transport.TCP)
                 if msg[:1] == b"d" and self.dark_server is not None and self.dht is not None:
                     # A bencoded dark_get/dark_put (or KRPC) query: the storing side of dark addresses.
                     reply = self.dark_server.handle(msg, tuple(conn.remote_address[:2]))
                     self.dht._process()  # KRPC handling may have queued datagrams or events
                     if reply is not None:
                         await conn.send(reply)
-                        self.metrics.bytes_sent(len(reply), Transport.TCP)
                     continue
                 if msg[:1] != MSG_DATA or len(msg) > MAX_APP_MESSAGE:
                     continue  # not ours (or too large): ignore, the link stays usable
                 data = msg[1:]
                 reply = MSG_ACK + blake3_hash(data, 32)
                 await conn.send(reply)
-                self.metrics.bytes_sent(len(reply), Transport.TCP)
                 if self.on_message is not None:
                     r = self.on_message(conn.peer_node_id, data)
                     if asyncio.iscoroutine(r):
                         await r
         finally:
-            self.peers.pop(conn, None)
+            if self.peers.pop(conn, None) is not None:
+                self._retire_link(conn)
             self.metrics.connection_closed(direction)
 
     async def _message_service(self, stream: OnionStream) -> None:
@@ -461,6 +536,10 @@ class Node:
         except (ConnectionClosed, asyncio.TimeoutError) as exc:
             self.metrics.handshake_failed(classify_handshake_failure(exc))
             raise
+        self.metrics.handshake_ok()
+        self.metrics.connection_opened(Direction.OUTBOUND)
+        self._dialed.add(conn)
+        self._sync_link_bytes()  # also retires the dialed links that have closed since
         return conn
 
     # -- DHT -----------------------------------------------------------------------------
@@ -525,9 +604,10 @@ class Node:
             "stored_records": len(self.dht.core.store) if self.dht and hasattr(self.dht.core.store, "__len__") else None,
             "dark": {"stored_descriptors": len(self.dark_server.store) if self.dark_server else 0,
                      "can_publish": self.dark is not None},
-            "circuits": ({"relay": True, "relayed_circuits": len(self.onion.relay._circuits),
+            "circuits": ({"relay": True, "relayed_circuits": self.onion.relay.circuit_count,
+                          "cells_relayed": self.onion.relay.cells_relayed,
                           "directory_size": len(self.onion.directory)} if self.onion is not None
-                         else {"relay": False, "relayed_circuits": 0}),
+                         else {"relay": False, "relayed_circuits": 0, "cells_relayed": 0}),
         }
 
     def snapshot(self) -> dict:

@@ -201,6 +201,7 @@ class _NodeLink:
         self._drained = asyncio.Event()
         self._drained.set()
         self.closed = False
+        self.outbound = False  #: we dialled it
         loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write_loop())
 
@@ -369,6 +370,13 @@ class OnionNode:
         self.cell_filter: Optional[Callable[[bytes, bytes], bytes]] = None
         self.link_send_hook: Optional[Callable[[bytes, bytes], None]] = None
         self.link_recv_hook: Optional[Callable[[bytes, bytes], None]] = None
+        #: Counters for metrics: client circuits built / failed before they were built;
+        #: links opened and lost by direction ([inbound, outbound]).
+        self.circuits_built = self.circuits_failed = 0
+        self.links_opened, self.links_lost = [0, 0], [0, 0]
+        self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of links already lost
+        #: ``on_handshake_failed(exc)`` is told of every failed link handshake (metrics).
+        self.on_handshake_failed: Optional[Callable[[BaseException], None]] = None
 
     @classmethod
     async def start(
@@ -376,7 +384,8 @@ class OnionNode:
     ) -> "OnionNode":
         node = cls(identity, directory, **kw)
         node.listener = await listen(
-            host, port, identity=identity, handler=node._accept, config=node.link_config, rng=node.rng
+            host, port, identity=identity, handler=node._accept, config=node.link_config, rng=node.rng,
+            on_handshake_failed=node._handshake_failed,
         )
         node.certificate = node.listener.certificate
         return node
@@ -400,8 +409,14 @@ class OnionNode:
         link = self._add_link(conn)
         await link.read_loop()
 
-    def _add_link(self, conn: Connection) -> _NodeLink:
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if self.on_handshake_failed is not None:
+            self.on_handshake_failed(exc)
+
+    def _add_link(self, conn: Connection, outbound: bool = False) -> _NodeLink:
         link = _NodeLink(self, self._next_link_id, conn)
+        link.outbound = outbound
+        self.links_opened[outbound] += 1
         self._next_link_id += 1
         self._links_by_id[link.id] = link
         self._links_by_peer[link.peer] = link
@@ -431,23 +446,36 @@ class OnionNode:
             if entry is None or not entry.certificate.addresses:
                 raise LookupError(f"relay {node_id.hex()[:16]} not in the directory")
             host, port = entry.certificate.addresses[0]
-            conn = await connect(
-                str(host),
-                int(port),
-                identity=self.identity,
-                peer_certificate=entry.certificate,
-                config=self.link_config,
-                timeout=timeout,
-                rng=self.rng,
-            )
-            link = self._add_link(conn)
+            try:
+                conn = await connect(
+                    str(host),
+                    int(port),
+                    identity=self.identity,
+                    peer_certificate=entry.certificate,
+                    config=self.link_config,
+                    timeout=timeout,
+                    rng=self.rng,
+                )
+            except (ConnectionClosed, asyncio.TimeoutError) as exc:
+                self._handshake_failed(exc)
+                raise
+            link = self._add_link(conn, outbound=True)
             self._spawn(link.read_loop())
             return link
         finally:
             self._dialing.pop(node_id, None)
 
+    def link_bytes(self) -> tuple[int, int]:
+        """Wire bytes (received, sent) on every link this node has had, handshakes included."""
+        live = [link.conn for link in self._links_by_id.values()]
+        gin, gout = self._gone_link_bytes
+        return gin + sum(c.bytes_received for c in live), gout + sum(c.bytes_sent for c in live)
+
     def _link_lost(self, link: _NodeLink) -> None:
-        self._links_by_id.pop(link.id, None)
+        if self._links_by_id.pop(link.id, None) is not None:
+            gin, gout = self._gone_link_bytes
+            self._gone_link_bytes = (gin + link.conn.bytes_received, gout + link.conn.bytes_sent)
+            self.links_lost[link.outbound] += 1
         if self._links_by_peer.get(link.peer) is link:
             del self._links_by_peer[link.peer]
         if self._closed:
@@ -1050,6 +1078,7 @@ class OnionCircuit(_StreamOwner):
             elif isinstance(ev, CircuitBuilt):
                 if not self.built.done():
                     self.built.set_result(None)
+                    self.node.circuits_built += 1
             elif isinstance(ev, CircuitClosed):
                 self._closed_event(ev)
         self._send_cells()
@@ -1072,6 +1101,7 @@ class OnionCircuit(_StreamOwner):
         if self.node._client_circs.pop((self.link.id, self.circ_id), None) is not None:
             self.link.client_circuits -= 1
         if not self.built.done():
+            self.node.circuits_failed += 1
             self.built.set_exception(exc)
             self.built.exception()
         if not self.closed.done():

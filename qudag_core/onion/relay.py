@@ -150,6 +150,9 @@ class OnionRelay:
         self._half_open = 0
         self._timers: list = []  # heap of (deadline, seq, circuit); stale entries skipped
         self._timer_seq = 0
+        #: Counters for metrics: cells passed on to another link (either direction), circuits
+        #: whose CREATE completed here, that died before it did, and CREATEs refused (limits).
+        self.cells_relayed = self.circuits_opened = self.circuits_failed = self.circuits_refused = 0
 
     def __repr__(self) -> str:
         return f"OnionRelay(node_id={self.node_id.hex()}, circuits={len(self._circuits)})"
@@ -244,6 +247,7 @@ class OnionRelay:
                 circ.bwd.encrypt(run)
                 self._relabel(run, circ.prev[1])
                 self._out.append((circ.prev[0], run))
+                self.cells_relayed += j - i
             i = j
         return events
 
@@ -260,6 +264,7 @@ class OnionRelay:
         if circ.state == R.EXTENDED and b"\x01" not in flags:
             self._relabel(run, circ.next[1])
             self._out.append((circ.next[0], run))
+            self.cells_relayed += len(flags)
             return []
         events: list = []
         mv = memoryview(run)
@@ -301,6 +306,7 @@ class OnionRelay:
             piece = bytearray(mv[k * CELL : m * CELL])
             self._relabel(piece, circ.next[1])
             self._out.append((circ.next[0], piece))
+            self.cells_relayed += m - k
             k = m
         return events
 
@@ -308,6 +314,8 @@ class OnionRelay:
         if cell.command != CellCommand.CREATE or cell.circ_id == 0:
             return []  # stray cell for a circuit we do not know (maybe just destroyed)
         if len(self._circuits) >= self._max_circuits or self._half_open >= self._max_half_open:
+            if bytes(cell.payload[2:4]) == b"\x00\x00":  # a CREATE's first fragment (offset 0)
+                self.circuits_refused += 1
             self._send(key, CellCommand.DESTROY, bytes([DestroyReason.INTERNAL]))
             return []
         circ = _Circuit(key, now, self._timeout)
@@ -333,6 +341,7 @@ class OnionRelay:
             circ.fwd = new_layer(secret, FORWARD, CELL, HEADER_SIZE, pure=self._pure)
             circ.bwd = new_layer(secret, BACKWARD, CELL, HEADER_SIZE, pure=self._pure)
             circ.state = R.OPEN
+            self.circuits_opened += 1
             self._half_open -= 1
             circ.reasm = None
             circ.deadline = None
@@ -346,6 +355,7 @@ class OnionRelay:
         if circ.state == R.EXTENDED:
             buf[:CIRC_ID_SIZE] = circ.next[1].to_bytes(CIRC_ID_SIZE, "big")
             self._out.append((circ.next[0], bytes(buf)))
+            self.cells_relayed += 1
             return []
         # nobody further on can recognise it: modified in transit (tagging) or garbage
         return self._destroy(circ, DestroyReason.INTEGRITY)
@@ -397,6 +407,7 @@ class OnionRelay:
         circ.bwd.encrypt(buf)
         buf[:CIRC_ID_SIZE] = circ.prev[1].to_bytes(CIRC_ID_SIZE, "big")
         self._out.append((circ.prev[0], bytes(buf)))
+        self.cells_relayed += 1
         return []
 
     def _send_backward(self, circ: _Circuit, command, stream_id: int, data: bytes) -> None:
@@ -492,6 +503,7 @@ class OnionRelay:
                 self._waiting.pop(circ.next_node, None)
         if circ.state == R.EXPECT_CREATE:
             self._half_open -= 1
+            self.circuits_failed += 1
         circ.state = "CLOSED"
         circ.deadline = None
         circ.fwd = circ.bwd = None

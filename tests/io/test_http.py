@@ -258,8 +258,8 @@ def test_paths_without_a_source_are_404_and_nodes_do_not_share_metrics(run):
             assert (await clients[0].request("GET", "/healthz"))[0].status_code == 200
             body_a = (await clients[1].request("GET", "/metrics"))[1]
             body_b = (await clients[2].request("GET", "/metrics"))[1]
-            assert b"qudag_circuits_built_total 1.0" in body_a
-            assert b"qudag_circuits_built_total 0.0" in body_b
+            assert b'qudag_circuits_built_total{role="client"} 1.0' in body_a
+            assert b'qudag_circuits_built_total{role="client"} 0.0' in body_b
         finally:
             for c in clients:
                 c.close()

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from qudag_io.metrics import DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics, Transport
+from qudag_io.metrics import (CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics,
+                              Transport)
 
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 
@@ -133,6 +134,10 @@ def test_circuits_cells_resolver_and_ratelimit():
     m.circuit_built()
     m.circuit_closed()
     m.circuit_failed()
+    m.circuit_built(CircuitRole.RELAY, 3)
+    m.circuit_failed("relay", 2)
+    m.set_circuits_active(7, "relay")
+    m.circuit_built("10.0.0.9")  # not a role: "other"
     m.cells_relayed()
     m.cells_relayed(9)
     m.resolver_cache_hit()
@@ -141,9 +146,15 @@ def test_circuits_cells_resolver_and_ratelimit():
     m.ratelimit_drop(Limiter.DHT_QUERIES)
     m.ratelimit_drop("cells", 4)
     m.ratelimit_drop("192.168.1.1")
-    assert value(m, "qudag_circuits_built_total") == 2
-    assert value(m, "qudag_circuits_active") == 1
-    assert value(m, "qudag_circuits_failed_total") == 1
+    assert value(m, "qudag_circuits_built_total", role="client") == 2
+    assert value(m, "qudag_circuits_active", role="client") == 1
+    assert value(m, "qudag_circuits_failed_total", role="client") == 1
+    assert value(m, "qudag_circuits_built_total", role="relay") == 3
+    assert value(m, "qudag_circuits_failed_total", role="relay") == 2
+    assert value(m, "qudag_circuits_active", role="relay") == 7
+    assert value(m, "qudag_circuits_built_total", role="other") == 1
+    with pytest.raises(ValueError):
+        m.set_circuits_active(-1, "relay")
     assert value(m, "qudag_cells_relayed_total") == 10
     assert value(m, "qudag_resolver_cache_hits_total") == 2
     assert value(m, "qudag_resolver_cache_misses_total") == 1
@@ -176,7 +187,8 @@ def simulate_peers(m: NodeMetrics, n_peers: int, seed: int) -> list[str]:
         for _ in range(3):
             m.dht_op(rnd.choice(ops + [f"find_node {peer_id}"]), rnd.choice(["ok", "timeout", "error", ip]), rnd.random())
         m.ratelimit_drop(rnd.choice(["dht_queries", ip, peer_id]))
-        m.circuit_built()
+        m.circuit_built("relay")
+        m.circuit_failed(rnd.choice(["client", peer_id, dark]))
         m.cells_relayed(rnd.randrange(1, 50))
         (m.resolver_cache_hit if rnd.random() < 0.5 else m.resolver_cache_miss)()
         if i % 3 == 0:
@@ -193,8 +205,8 @@ def test_series_count_same_for_5_and_50_peers_and_no_peer_data_in_labels():
     out5, out50 = five.render(), fifty.render()
     assert len(sample_lines(out5)) == len(sample_lines(out50)) == len(sample_lines(fresh.render()))
     # Activity really was recorded (the comparison is not between two empty registries).
-    assert value(fifty, "qudag_circuits_built_total") == 50
-    assert value(five, "qudag_circuits_built_total") == 5
+    assert value(fifty, "qudag_circuits_built_total", role="relay") == 50
+    assert value(five, "qudag_circuits_built_total", role="relay") == 5
     assert value(fifty, "qudag_handshakes_failed_total", reason="other") > 0
     for out, secrets in ((out5, secrets5), (out50, secrets50)):
         text = out.decode()

@@ -1,0 +1,295 @@
+"""Node metrics moved by real events over loopback sockets, read back from ``/metrics``:
+link wire bytes against a byte-counting TCP proxy, outbound connections and handshakes,
+onion circuits (relay and client, built, failed, refused) and cells relayed on a real
+3-hop circuit, and dark-address resolver cache hits on a real loopback dark network.
+``promtool check metrics`` accepts the exposition of a node that did all of it."""
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+
+import pytest
+
+from qudag_core.identity import Identity
+from qudag_io._loop import new_event_loop
+from qudag_io.config import NodeSettings
+from qudag_io.link import ConnectionClosed
+from qudag_io.node import FileDirectory, Node, send_message, write_directory
+from qudag_io.onion import CircuitError, OnionClient, OnionNode
+
+from test_metrics import promtool_check
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request, monkeypatch):
+    monkeypatch.setenv("QUDAG_LOOP", request.param)
+
+    def _run(coro):
+        loop = new_event_loop()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, 90))
+        finally:
+            loop.close()
+
+    return _run
+
+
+async def scrape(node: Node) -> dict[str, float]:
+    """``/metrics`` over HTTP, as ``{'name{labels}': value}`` (no ``_created`` samples)."""
+    url = f"http://{node.http.host}:{node.http.port}/metrics"
+    text = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())).decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "_created" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+async def until(cond, what: str, tries: int = 200) -> None:
+    for _ in range(tries):  # bounded: 200 x 25 ms
+        if cond():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class CountingProxy:
+    """A TCP relay that counts the bytes it carries each way (what really crossed the
+    sockets, independent of the link adapter's own counters)."""
+
+    def __init__(self, target: tuple) -> None:
+        self.target = target
+        self.up = self.down = 0  # client -> server, server -> client
+        self.done = 0
+        self.server = None
+
+    async def start(self) -> tuple:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def _handle(self, cr, cw) -> None:
+        sr, sw = await asyncio.open_connection(*self.target)
+
+        async def pump(r, w, attr):
+            try:
+                while data := await r.read(65536):
+                    setattr(self, attr, getattr(self, attr) + len(data))
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pump(cr, sw, "up"), pump(sr, cw, "down"))
+        self.done += 1
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def test_link_bytes_are_wire_bytes_and_dials_count_as_outbound(run):
+    async def main():
+        a = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        b = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        proxy = CountingProxy(tuple(b.listener.addresses[0]))
+        try:
+            host, port = await proxy.start()
+            conn = await a.dial(host, port, peer_id=b.identity.node_id)
+            for size in (1, 1000, 40_000):
+                await send_message(conn, os.urandom(size))
+            ma = await scrape(a)
+            assert ma['qudag_connections_active{direction="outbound"}'] == 1
+            assert ma["qudag_handshakes_ok_total"] == 1
+            await conn.close()
+            await until(lambda: proxy.done == 1 and not b.peers, "the link to close")
+            ma, mb = await scrape(a), await scrape(b)
+            # Every byte that crossed the proxy is counted, handshakes and framing included;
+            # the 41,001 payload bytes are only part of it.
+            assert mb['qudag_bytes_received_total{transport="tcp"}'] == proxy.up > 41_001
+            assert ma['qudag_bytes_sent_total{transport="tcp"}'] == proxy.up
+            assert mb['qudag_bytes_sent_total{transport="tcp"}'] == proxy.down
+            assert ma['qudag_bytes_received_total{transport="tcp"}'] == proxy.down
+            assert ma['qudag_connections_active{direction="outbound"}'] == 0
+            assert ma['qudag_connections_closed_total{direction="outbound"}'] == 1
+            assert mb['qudag_connections_closed_total{direction="inbound"}'] == 1
+            # A failed dial: counted by reason, not as a connection.
+            with pytest.raises(ConnectionClosed):
+                await a.dial(host, port, peer_id=a.identity.node_id)
+            ma = await scrape(a)
+            assert ma['qudag_handshakes_failed_total{reason="auth_failed"}'] == 1
+            assert ma['qudag_connections_opened_total{direction="outbound"}'] == 1
+        finally:
+            await proxy.close()
+            await a.stop()
+            await b.stop()
+
+    run(main())
+
+
+def test_circuits_and_cells_relayed_on_a_three_hop_circuit(run, tmp_path):
+    async def main():
+        path = str(tmp_path / "relays.json")
+        relays = [await Node.start(Identity.generate(os.urandom), NodeSettings(relay=True, onion_directory=path))
+                  for _ in range(4)]
+        client = None
+        try:
+            write_directory(path, [r.onion.certificate for r in relays])
+            before = [await scrape(r) for r in relays]
+            for m in before:
+                assert m["qudag_cells_relayed_total"] == 0
+                assert m['qudag_circuits_built_total{role="relay"}'] == 0
+            client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(path), relay=False)
+            circ = await OnionClient(client, per_subnet=None).build_circuit(hops=3)
+            by_id = {bytes(r.identity.node_id): r for r in relays}
+            entry, middle, exit_ = (by_id[n] for n in circ.node_ids)
+            stream = await circ.open_stream(circ.exit_node_id, "echo")
+            payload = os.urandom(100_000)
+            await stream.send(payload)
+            assert await stream.readexactly(len(payload)) == payload
+            ms = {r: await scrape(r) for r in (entry, middle, exit_)}
+            # Onion links are connections with handshakes: the client dialled the entry,
+            # the entry the middle, the middle the exit.
+            for r, inbound, outbound in ((entry, 1, 1), (middle, 1, 1), (exit_, 1, 0)):
+                assert ms[r]['qudag_connections_active{direction="inbound"}'] == inbound
+                assert ms[r]['qudag_connections_opened_total{direction="outbound"}'] == outbound
+                assert ms[r]["qudag_handshakes_ok_total"] == inbound + outbound
+            for r, m in ms.items():
+                assert m['qudag_circuits_built_total{role="relay"}'] == 1
+                assert m['qudag_circuits_active{role="relay"}'] == 1
+                assert m['qudag_circuits_failed_total{role="relay"}'] == 0
+                assert m['qudag_circuits_built_total{role="client"}'] == 0
+            # 100,000 bytes each way is at least 2 x 100 cells through entry and middle
+            # (plus the EXTEND/EXTENDED of the hops behind them); the exit relays nothing,
+            # it is the end of the circuit.
+            assert ms[entry]["qudag_cells_relayed_total"] >= 200
+            assert ms[middle]["qudag_cells_relayed_total"] >= 200
+            assert ms[exit_]["qudag_cells_relayed_total"] == 0
+            assert ms[entry]["qudag_cells_relayed_total"] > ms[middle]["qudag_cells_relayed_total"]
+            for r in (entry, middle, exit_):
+                assert r.status()["circuits"]["cells_relayed"] == ms[r]["qudag_cells_relayed_total"]
+                # onion link wire bytes: at least the cells it received
+                assert ms[r]['qudag_bytes_received_total{transport="tcp"}'] >= 1024 * 100
+            await stream.close()
+            await circ.close()
+            await until(lambda: entry.onion.relay.circuit_count == middle.onion.relay.circuit_count == 0,
+                        "DESTROY to travel the path")
+            assert (await scrape(middle))['qudag_circuits_active{role="relay"}'] == 0
+
+            # A relay node building its own circuit counts it as a client circuit.
+            own = await OnionClient(entry.onion, per_subnet=None).build_circuit(path=[middle.onion.node_id,
+                                                                                       exit_.onion.node_id])
+            m = await scrape(entry)
+            assert m['qudag_circuits_built_total{role="client"}'] == 1
+            assert m['qudag_circuits_active{role="client"}'] == 1
+            await own.close()
+            assert (await scrape(entry))['qudag_circuits_active{role="client"}'] == 0
+
+            # Extending to a relay that is gone: the client's build fails (the middle relay
+            # accepted the circuit, so it counts it as built on its side).
+            gone = next(r for r in relays if r not in (entry, middle, exit_))
+            gone_id = gone.onion.node_id
+            await gone.stop()
+            with pytest.raises(CircuitError):
+                await OnionClient(entry.onion, per_subnet=None).build_circuit(path=[middle.onion.node_id, gone_id],
+                                                                              timeout=20)
+            m = await scrape(entry)
+            assert m['qudag_circuits_failed_total{role="client"}'] == 1
+            assert m['qudag_circuits_built_total{role="client"}'] == 1
+
+            # A failed handshake on the onion listener is counted by reason.
+            rd, wr = await asyncio.open_connection(*exit_.onion.address)
+            wr.write(b"\xff" * 300)
+            await wr.drain()
+            await asyncio.wait_for(rd.read(), 5)
+            wr.close()
+            await until(lambda: exit_.metrics.registry.get_sample_value(
+                "qudag_handshakes_failed_total", {"reason": "bad_message"}) == 1, "the failure to be counted")
+            # The middle dialled the relay that was gone: no handshake, no connection.
+            m = await scrape(middle)
+            assert m['qudag_connections_opened_total{direction="outbound"}'] == 1
+
+            # A relay at its circuit limit refuses CREATE: a rate-limit drop, not a circuit.
+            middle.onion.relay._max_circuits = 0
+            with pytest.raises(CircuitError):
+                await OnionClient(client, per_subnet=None).build_circuit(path=[middle.onion.node_id], timeout=20)
+            m = await scrape(middle)
+            assert m['qudag_ratelimit_drops_total{limiter="circuits"}'] == 1
+            # the 3-hop circuit, `own` and the one that failed further on
+            assert m['qudag_circuits_built_total{role="relay"}'] == 3
+            proc = promtool_check((await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://{middle.http.host}:{middle.http.port}/metrics",
+                                               timeout=5).read())))
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        finally:
+            if client is not None:
+                await client.close()
+            for r in relays:
+                await r.stop()
+
+    run(main())
+
+
+def test_resolver_cache_hits_and_misses_on_a_dark_network(run):
+    from qudag_core.dark import DarkService, NotFound, Publisher
+    from qudag_io.dark import start_loopback_network
+    from qudag_io.link import listen
+
+    async def main():
+        service = Identity.generate(os.urandom)
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        net = await start_loopback_network(8)
+        clients = []
+        try:
+            async with await listen("127.0.0.1", 0, identity=service, handler=lambda c: c.recv()) as lst:
+                svc = DarkService.from_identity(service, certificate=lst.certificate)
+                publisher_client, client = net.client(1), net.client(5)
+                clients += [publisher_client, client]
+                assert await publisher_client.publish(Publisher(svc, os.urandom))
+                node.meter_resolver(client.resolver)
+                name = str(svc.address)
+                ep1 = await client.resolve(name)
+                m = await scrape(node)
+                assert m["qudag_resolver_cache_misses_total"] == 1 and m["qudag_resolver_cache_hits_total"] == 0
+                ep2 = await client.resolve(name)
+                assert ep1 == ep2
+                m = await scrape(node)
+                assert m["qudag_resolver_cache_hits_total"] == 1 == client.resolver.cache_hits
+                assert m["qudag_resolver_cache_misses_total"] == 1
+                other = DarkService.from_identity(Identity.generate(os.urandom), certificate=lst.certificate)
+                with pytest.raises(NotFound):
+                    await client.resolve(str(other.address))  # a miss, then a cached failure
+                with pytest.raises(NotFound):
+                    await client.resolve(str(other.address))
+                m = await scrape(node)
+                assert m["qudag_resolver_cache_misses_total"] == 2
+                assert m["qudag_resolver_cache_hits_total"] == 2
+                text = "\n".join(m)
+                assert name.split(".")[0] not in text and str(other.address).split(".")[0] not in text
+        finally:
+            for c in clients:
+                await c.close()
+            await net.close()
+            await node.stop()
+
+    run(main())
+
+
+def test_a_failing_collect_hook_does_not_break_the_exposition(run):
+    async def main():
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        try:
+            def broken() -> None:
+                raise RuntimeError("source gone")
+
+            node.metrics.add_collect_hook(broken)
+            node.metrics.add_collect_hook(lambda: node.metrics.cells_relayed(3))
+            m = await scrape(node)
+            assert m["qudag_cells_relayed_total"] == 3  # hooks after the broken one still ran
+        finally:
+            await node.stop()
+
+    run(main())
