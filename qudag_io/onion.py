@@ -52,6 +52,7 @@ from qudag_core.onion.events import (
     CircuitBuilt,
     CircuitClosed,
     CircuitRotationDue,
+    ExitDataReceived,
     ExitMessageReceived,
     LinkNeeded,
     RelayCircuitClosed,
@@ -497,7 +498,7 @@ class OnionNode:
     def _relay_events(self, events: list) -> None:
         run: list = []  # consecutive exit messages of one circuit: handled as one batch
         for ev in events:
-            if type(ev) is ExitMessageReceived:
+            if type(ev) is ExitDataReceived or type(ev) is ExitMessageReceived:
                 if run and (run[0].link_id != ev.link_id or run[0].circ_id != ev.circ_id):
                     self._exit_messages(run)
                     run = []
@@ -650,7 +651,8 @@ class OnionStream:
     """One stream over a circuit (client end or service end).
 
     ``send`` waits while the SENDME windows are closed; ``recv`` returns the next bytes
-    (up to 998, one DATA cell) and ``b""`` once the peer ended the stream; both raise
+    as they arrived (one DATA cell's, or at a service a run of DATA cells from one link
+    message, up to ~64 KB) and ``b""`` once the peer ended the stream; both raise
     ``StreamClosed`` if the circuit died, carrying what was not acknowledged."""
 
     def __init__(self, owner: "_StreamOwner", stream_id: int) -> None:
@@ -907,8 +909,9 @@ class _ExitCircuit(_StreamOwner):
         self.pump(flush=False)  # called from _cells_in, which flushes once per batch
 
     def receive_many(self, evs: list) -> None:
-        """``receive`` for a run of ``ExitMessageReceived``: DATA takes a short path (same
-        mux checks, one wake-up per stream), the replies go out in one pump."""
+        """``receive`` for a run of ``ExitMessageReceived`` / ``ExitDataReceived``: DATA
+        takes a short path (same mux checks, one wake-up per stream), the replies go out
+        in one pump."""
         mux = self.mux
         streams = self.streams
         woken = set()
@@ -919,12 +922,24 @@ class _ExitCircuit(_StreamOwner):
             if self.error is not None:
                 return
             ev = evs[i]
-            cmd = ev.command
             try:
+                if type(ev) is ExitDataReceived:  # a run of DATA cells, already joined
+                    i += 1
+                    sid = ev.stream_id
+                    sizes = ev.sizes
+                    got, err = mux.receive_data_cells(sid, len(sizes))
+                    st = streams.get(sid)
+                    if got and st is not None:
+                        st._rx.append(ev.data if got == len(sizes) else ev.data[: sum(sizes[:got])])
+                        woken.add(st)
+                    if err is not None:
+                        raise err
+                    continue
+                cmd = ev.command
                 if cmd is DATA:  # a run of DATA for one stream: one mux call
                     sid = ev.stream_id
                     j = i + 1
-                    while j < n and evs[j].command is DATA and evs[j].stream_id == sid:
+                    while j < n and type(evs[j]) is ExitMessageReceived and evs[j].command is DATA and evs[j].stream_id == sid:
                         j += 1
                     got, err = mux.receive_data_run(sid, [e.data for e in evs[i:j]])
                     st = streams.get(sid)

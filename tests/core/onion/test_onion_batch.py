@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from qudag_core.errors import LocalProtocolError
 from qudag_core.onion import cells as C
-from qudag_core.onion.events import CircuitClosed, ExitMessageReceived, LinkNeeded, RelayMessageReceived
+from qudag_core.onion.events import (
+    CircuitClosed,
+    ExitDataReceived,
+    ExitMessageReceived,
+    LinkNeeded,
+    RelayMessageReceived,
+)
 
 CELL = C.CELL_SIZE
 DATA = C.RelayCommand.DATA
@@ -32,6 +38,27 @@ def _one(make_net, seed_rng, n=3, seed=b"batch", pure=False):
 
 def _pair(make_net, seed_rng, n=3, seed=b"batch", pure=False):
     return [_one(make_net, seed_rng, n, seed, pure) for _ in range(2)]
+
+
+def expand(events):
+    """Cut every ``ExitDataReceived`` back into the per-cell ``ExitMessageReceived`` events
+    it stands for (its ``sizes`` say where), so batched and cell-by-cell runs compare."""
+    out = []
+    for e in events:
+        if isinstance(e, ExitDataReceived):
+            assert sum(e.sizes) == len(e.data) and e.sizes
+            off = 0
+            for size in e.sizes:
+                out.append(
+                    ExitMessageReceived(
+                        link_id=e.link_id, circ_id=e.circ_id, command=DATA, stream_id=e.stream_id,
+                        data=e.data[off : off + size],
+                    )
+                )
+                off += size
+        else:
+            out.append(e)
+    return out
 
 
 class FlipNth:
@@ -60,6 +87,7 @@ class Wire:
         self.tamper = tamper
         self.sent: dict = {}
         self.index = 0
+        self.raw_events: list = []  # relay events before ``expand``
 
     def _mangle(self, src, dst, data: bytes) -> bytes:
         out = bytearray()
@@ -79,7 +107,8 @@ class Wire:
         net = self.net
         r = net.relays[i]
         evs = r.receive_cells(link, data, now) if self.batched else r.receive_cell(link, data, now)
-        for e in evs:
+        self.raw_events += evs
+        for e in expand(evs):
             net.relay_events[i].append(e)
             assert not isinstance(e, LinkNeeded)
 
@@ -159,8 +188,11 @@ def test_batch_path_matches_cell_by_cell(make_net, seed_rng):
     got = [(e.command, e.stream_id, e.data) for e in b.client_events if isinstance(e, RelayMessageReceived)]
     assert got == back
     assert b.circuits() == [1, 1, 1]
-    # the forward run crossed each relay as one item: fewer link messages than cells
-    assert len(fwd) == 35
+    # the forward run crossed each relay as one item and reached the exit's stream layer
+    # as runs (a DATA cell of length 0 or 1 still joins its run)
+    runs = [e for e in wb.raw_events if isinstance(e, ExitDataReceived)]
+    assert len(runs) < len(fwd) and sum(len(e.sizes) for e in runs) == len(fwd) == 35
+    assert not any(isinstance(e, ExitDataReceived) for e in wa.raw_events)
 
 
 def test_batch_to_middle_hop_and_pure_layers(make_net, seed_rng):
@@ -272,7 +304,7 @@ def test_relay_receive_cells_equals_cell_by_cell(make_net, seed_rng, ops):
             buf += cell
         r0 = net.relays[0]
         if batched:
-            evs = r0.receive_cells("client", bytes(buf) + b"tail", 0.0)
+            evs = expand(r0.receive_cells("client", bytes(buf) + b"tail", 0.0))
             out = b"".join(bytes(d) for _, d in r0.batches_to_send())
         else:
             evs = []
