@@ -154,12 +154,12 @@ class StreamMux:
         if st.end_after_flush:
             raise LocalProtocolError("stream is closing")
         room = self._max_buffered - st.buffered
-        take = bytes(data[: max(0, room)])
-        for i in range(0, len(take), RELAY_DATA_MAX):
-            st.buf.append(take[i : i + RELAY_DATA_MAX])
-        st.buffered += len(take)
+        view = memoryview(data)[: max(0, room)]
+        n = len(view)
+        st.buf.extend([bytes(view[i : i + RELAY_DATA_MAX]) for i in range(0, n, RELAY_DATA_MAX)])
+        st.buffered += n
         self._pump()
-        return len(take)
+        return n
 
     def writable(self, stream_id: int) -> bool:
         st = self._streams.get(stream_id)
@@ -222,14 +222,22 @@ class StreamMux:
 
     def _pump(self) -> None:
         """Move buffered data into DATA messages while both windows allow."""
+        DATA = RelayCommand.DATA
         for sid, st in list(self._streams.items()):
-            while st.open and st.buf and st.package > 0 and self.circ_package > 0:
-                chunk = st.buf.popleft()
-                st.buffered -= len(chunk)
-                st.package -= 1
-                self.circ_package -= 1
-                self._out.append((RelayCommand.DATA, sid, chunk))
-            if st.end_after_flush and not st.buf:
+            buf = st.buf
+            if st.open and buf:
+                k = min(len(buf), st.package, self.circ_package)  # as many as both windows allow
+                if k > 0:
+                    if k == len(buf):
+                        chunks = list(buf)
+                        buf.clear()
+                    else:
+                        chunks = [buf.popleft() for _ in range(k)]
+                    st.buffered -= sum(map(len, chunks))
+                    st.package -= k
+                    self.circ_package -= k
+                    self._out += [(DATA, sid, c) for c in chunks]
+            if st.end_after_flush and not buf:
                 del self._streams[sid]
                 self._out.append((RelayCommand.END, sid, b"\x00"))
 
