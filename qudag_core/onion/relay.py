@@ -110,6 +110,16 @@ def _cell_struct(per_cell: str, n: int) -> struct.Struct:
     return st
 
 
+def _one_relay_circuit(mv: memoryview, n: int) -> bool:
+    """Whether all ``n`` cells in ``mv`` are RELAY cells with the first cell's circuit id:
+    two strided C-level comparisons (circ ids as uint32, command bytes)."""
+    ids = mv.cast("I")[:: CELL // 4]
+    return ids == array("I", [ids[0]]) * n and mv[CIRC_ID_SIZE::CELL] == _RELAY_CMDS[:n]
+
+
+_RELAY_CMDS = bytes([_RELAY]) * 4096
+
+
 def _data_run_end(flags: bytes, hdr: tuple, k: int, sid: int) -> int:
     """End (exclusive) of the run of recognised DATA cells of stream ``sid`` that starts at
     cell ``k`` (whose header is already known to qualify).  A run that is the whole batch,
@@ -248,6 +258,17 @@ class OnionRelay:
         drops the trailing partial cell (the link framer delivers whole cells)."""
         mv = memoryview(buf).cast("B")
         n = len(mv) // CELL
+        if n > 1 and len(mv) == n * CELL and _one_relay_circuit(mv, n):
+            # the usual link message: RELAY cells of one circuit, checked without a
+            # per-cell object; handled as the general loop below would handle it
+            entry = self._sides.get((link_id, int.from_bytes(mv[:CIRC_ID_SIZE], "big")))
+            if entry is not None:
+                circ, side = entry
+                if side == _P and circ.state != R.EXPECT_CREATE:
+                    return self._forward_run(circ, bytearray(mv), now)
+                if side == _N and circ.state == R.EXTENDED:
+                    self._backward_run(circ, bytearray(mv))
+                    return []
         events: list = []
         sides = self._sides
         heads = _cell_struct("5s1019x", n).unpack_from(mv)  # every cell's circ id + command
@@ -277,11 +298,14 @@ class OnionRelay:
             if side == _P:
                 events += self._forward_run(circ, run, now)
             else:
-                circ.bwd.encrypt(run)
-                self._relabel(run, circ.prev[1])
-                self._out.append((circ.prev[0], run))
+                self._backward_run(circ, run)
             i = j
         return events
+
+    def _backward_run(self, circ: _Circuit, run: bytearray) -> None:
+        circ.bwd.encrypt(run)
+        self._relabel(run, circ.prev[1])
+        self._out.append((circ.prev[0], run))
 
     @staticmethod
     def _relabel(run: bytearray, circ_id: int) -> None:
