@@ -1055,6 +1055,7 @@ class OnionCircuit(_StreamOwner):
 
     def _receive(self, cells: Any, now: float) -> None:
         """``cells``: one or more whole cells of this circuit (part of a link message)."""
+        handled = False
         for ev in self._core.receive_cells(cells, now):
             if isinstance(ev, RelayMessageReceived):
                 if ev.hop != self._core.hops - 1:
@@ -1062,15 +1063,23 @@ class OnionCircuit(_StreamOwner):
                 try:
                     self.handle(ev.command, ev.stream_id, ev.data)
                 except CellError as e:
+                    if handled:
+                        self.pump()  # what the earlier messages released leaves first
+                    handled = False
                     for ev2 in self._core.destroy(e.error_code or DestroyReason.PROTOCOL):
                         self._closed_event(ev2)
                     break
-                self.pump()
+                handled = True  # one pump for the whole batch (e.g. a run of SENDMEs)
             elif isinstance(ev, CircuitBuilt):
                 if not self.built.done():
                     self.built.set_result(None)
             elif isinstance(ev, CircuitClosed):
+                if handled and self.error is None:
+                    self.pump()  # as above: released cells go before the DESTROY
+                handled = False
                 self._closed_event(ev)
+        if handled and self.error is None:
+            self.pump()
         self._send_cells()
 
     def _closed_event(self, ev: CircuitClosed) -> None:

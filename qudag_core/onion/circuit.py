@@ -320,8 +320,8 @@ class ClientCircuit:
         for h in range(self.hops):
             if not todo:
                 break
-            if len(todo) == n and h == 0:
-                flags = self._bwd[0].decrypt(run)
+            if len(todo) == n:  # nothing recognised yet (SENDMEs from the exit): in place
+                flags = self._bwd[h].decrypt(run)
                 pending = todo
             else:
                 # only cells still unrecognised go on: gather them, peel, scatter back
