@@ -353,3 +353,66 @@ def test_send_relay_batch_builds_the_cells_send_relay_builds(seed_rng, msgs):
                 c.send_relay(0, *m)
             made.append(b"".join(c.cells_to_send()))
     assert made[0] == made[1] and len(made[1]) == CELL * len(msgs)
+
+
+def _code(command) -> int:
+    return command.code if isinstance(command, C.Unrecognized) else int(command)
+
+
+_CMDS = [DATA, DATA, DATA, C.RelayCommand.SENDME, C.RelayCommand.END, C.RelayCommand.DROP, 200]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.tuples(st.sampled_from(_CMDS), st.integers(1, 3), st.integers(0, C.RELAY_DATA_MAX)), min_size=1,
+             max_size=80),
+    st.one_of(
+        st.none(),
+        st.tuples(st.sampled_from([("client", 0), (0, 1), (1, 2)]), st.integers(0, 79), st.integers(0, C.PAYLOAD_SIZE - 1)),
+    ),
+)
+def test_exit_runs_equal_cell_by_cell(make_net, seed_rng, specs, tamper):
+    """Any mix of DATA (several streams, any length), SENDME, END, DROP and unknown relay
+    commands to the exit, optionally with one bit flipped in any cell on any hop: the
+    batched path's events, cut back with ``expand``, are the per-cell events; the same
+    cells cross every link; a flip destroys the circuit everywhere and no data of the
+    flipped cell or after it reaches the exit's events."""
+    fwd = [(cmd, sid, bytes([k & 0xFF]) * ln) for k, (cmd, sid, ln) in enumerate(specs)]
+    results = []
+    for batched in (False, True):
+        net = _one(make_net, seed_rng)
+        flip = FlipNth(tamper[0], tamper[1], tamper[2], 0x04) if tamper else None
+        w = Wire(net, batched, flip)
+        _send(net, batched, 2, fwd)
+        w.pump()
+        results.append((w.sent, net.relay_events, net.client_events, net.circuits()))
+        if batched:
+            raw = w.raw_events
+    assert results[0] == results[1]
+    sent, relay_events, client_events, circuits = results[1]
+    got = [(_code(e.command), e.stream_id, e.data) for e in relay_events[2] if isinstance(e, ExitMessageReceived)]
+    expected = [m for m in fwd if m[0] != C.RelayCommand.DROP]
+    if tamper is None or tamper[1] >= len(fwd):
+        assert got == expected and circuits == [1, 1, 1]
+    else:
+        k = tamper[1]
+        assert got == [m for m in fwd[:k] if m[0] != C.RelayCommand.DROP]
+        assert circuits == [0, 0, 0]
+        assert client_events[-1] == CircuitClosed(reason=R.INTEGRITY, remote=True)
+    # DATA that arrived together reached the exit as runs
+    for e in raw:
+        if isinstance(e, ExitDataReceived):
+            assert sum(e.sizes) == len(e.data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 70), st.integers(0, 0xFFFFFFFF))
+def test_relabel_writes_every_circuit_id(n, cid):
+    from qudag_core.onion.relay import OnionRelay
+
+    run = bytearray(range(256)) * (4 * n)
+    expected = bytearray(run)
+    for off in range(0, len(run), CELL):
+        expected[off : off + 4] = cid.to_bytes(4, "big")
+    OnionRelay._relabel(run, cid)
+    assert run == expected
