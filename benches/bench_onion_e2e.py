@@ -42,7 +42,7 @@ from qudag_io.onion import OnionClient, OnionNode, RelayDirectory
 
 TOTAL = 4 << 20
 WRITE = 16 << 10
-ROUNDS = 3
+ROUNDS = 5
 _RESULTS: dict[str, float] = {}
 _CPU: dict[str, float] = {}
 _FLOOR: dict[str, float] = {}

@@ -46,7 +46,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_core.link import LinkConfig
-from qudag_core.onion.cells import CELL_SIZE, CellError, DestroyReason, RelayCommand
+from qudag_core.onion.cells import CELL_SIZE, RELAY_DATA_MAX, CellError, DestroyReason, RelayCommand
 from qudag_core.onion.circuit import ClientCircuit, HopSpec
 from qudag_core.onion.events import (
     CircuitBuilt,
@@ -669,7 +669,12 @@ class OnionStream:
         # acknowledgement accounting (SENDMEs for this stream acknowledge 50 cells each)
         self._offered = 0
         self._msg_ends: deque[int] = deque()  # cumulative end offsets of send() calls
-        self._cell_sizes: deque[int] = deque()  # DATA cells sent, not yet acknowledged
+        # (cells, bytes) of each piece the mux took, not yet wholly acknowledged: the mux
+        # cuts each piece into full cells and a last short one (StreamMux.send), so the
+        # bytes of its first k cells are min(bytes, k * RELAY_DATA_MAX): O(1) per
+        # acknowledgement and nothing per cell
+        self._pieces: deque[tuple[int, int]] = deque()
+        self._head_acked = 0  # cells of _pieces[0] already acknowledged
         self.acked_bytes = 0
 
     # -- accounting --------------------------------------------------------------------
@@ -681,12 +686,26 @@ class OnionStream:
     def unacked_messages(self) -> int:
         return sum(1 for end in self._msg_ends if end > self.acked_bytes)
 
-    def _sent_cell(self, size: int) -> None:
-        self._cell_sizes.append(size)
+    def _taken(self, nbytes: int) -> None:
+        if nbytes > 0:
+            self._pieces.append((-(-nbytes // RELAY_DATA_MAX), nbytes))
 
     def _acked(self, cells: int) -> None:
-        for _ in range(min(cells, len(self._cell_sizes))):
-            self.acked_bytes += self._cell_sizes.popleft()
+        pieces = self._pieces
+        done = self._head_acked
+        while cells > 0 and pieces:
+            n, size = pieces[0]
+            before = min(size, done * RELAY_DATA_MAX)
+            if cells >= n - done:
+                self.acked_bytes += size - before
+                cells -= n - done
+                done = 0
+                pieces.popleft()
+            else:
+                done += cells
+                self.acked_bytes += min(size, done * RELAY_DATA_MAX) - before
+                cells = 0
+        self._head_acked = done
         while self._msg_ends and self._msg_ends[0] <= self.acked_bytes:
             self._msg_ends.popleft()
 
@@ -737,6 +756,7 @@ class OnionStream:
         loop = asyncio.get_running_loop()
         while view:
             taken = self._owner.stream_send(self.stream_id, view)
+            self._taken(taken)
             view = view[taken:]
             await self._owner.wait_link_writable()
             if self._error is not None:
@@ -811,17 +831,9 @@ class _StreamOwner:
     def pump(self, flush: bool = True) -> None:
         msgs = self.mux.messages_to_send()
         if msgs:
-            DATA = RelayCommand.DATA
-            streams = self.streams
-            # DATA cell sizes per stream for the acknowledgement accounting, without a
-            # Python-level call per cell (a 16 KiB write is 17 cells)
-            for sid in {m[1] for m in msgs if m[0] == DATA}:
-                st = streams.get(sid)
-                if st is not None:
-                    st._cell_sizes.extend([len(m[2]) for m in msgs if m[1] == sid and m[0] == DATA])
             END = RelayCommand.END
             for sid in [m[1] for m in msgs if m[0] == END]:
-                streams.pop(sid, None)  # our END: the mux has forgotten the stream
+                self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
             self._emit_many(msgs)
         self._emitted()
         if flush and not self.is_client:
@@ -853,11 +865,11 @@ class _StreamOwner:
     def handle(self, command: Any, sid: int, data: bytes) -> list:
         """Feed one relay message to the mux and dispatch its events; ``CellError`` means
         the peer broke the stream rules."""
-        if command == RelayCommand.SENDME and sid:
+        events = self.mux.receive_message(command, sid, data)
+        if command == RelayCommand.SENDME and sid:  # accepted by the mux: within the window
             st = self.streams.get(sid)
             if st is not None:
                 st._acked(STREAM_INCREMENT)
-        events = self.mux.receive_message(command, sid, data)
         for ev in events:
             st = self.streams.get(ev.stream_id)
             if isinstance(ev, StreamData):

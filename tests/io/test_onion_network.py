@@ -550,3 +550,32 @@ def test_many_streams_one_circuit_then_forgotten(run_loop):
             await net.close()
 
     run_loop(main, 60)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qudag_io.onion import OnionStream  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5000), max_size=20), st.lists(st.integers(1, 120), max_size=12))
+def test_ack_accounting_per_piece_equals_per_cell(pieces, acks):
+    """``acked_bytes`` kept per piece the mux took (O(1) per SENDME) equals summing the
+    acknowledged cells' sizes one by one, the mux cutting each piece into full cells and
+    a last short one; acknowledgements beyond what was sent count nothing."""
+    cells: list[int] = []
+    for n in pieces:
+        cells += [RELAY_DATA_MAX] * (n // RELAY_DATA_MAX) + ([n % RELAY_DATA_MAX] if n % RELAY_DATA_MAX else [])
+
+    async def main():
+        s = OnionStream(None, 1)
+        for n in pieces:
+            s._taken(n)
+        acked = 0
+        for k in acks:
+            s._acked(k)
+            acked = min(acked + k, len(cells))
+            assert s.acked_bytes == sum(cells[:acked])
+
+    asyncio.run(main())
