@@ -752,10 +752,13 @@ class OnionStream:
             raise self._closed_error()
         self._offered += len(data)
         self._msg_ends.append(self._offered)
-        view = memoryview(bytes(data))
+        whole = bytes(data)
+        view = memoryview(whole)
         loop = asyncio.get_running_loop()
         while view:
-            taken = self._owner.stream_send(self.stream_id, view)
+            # the bytes object itself while nothing was taken yet: the mux slices it
+            # into cells without another copy
+            taken = self._owner.stream_send(self.stream_id, whole if len(view) == len(whole) else view)
             self._taken(taken)
             view = view[taken:]
             await self._owner.wait_link_writable()

@@ -153,10 +153,12 @@ class StreamMux:
         st = self._get_local(stream_id)
         if st.end_after_flush:
             raise LocalProtocolError("stream is closing")
-        room = self._max_buffered - st.buffered
-        view = memoryview(data)[: max(0, room)]
-        n = len(view)
-        st.buf.extend([bytes(view[i : i + RELAY_DATA_MAX]) for i in range(0, n, RELAY_DATA_MAX)])
+        room = max(0, self._max_buffered - st.buffered)
+        # one copy to bytes, then cell-sized slices of it (slicing bytes is about twice as
+        # fast as bytes() of memoryview slices)
+        take = data if type(data) is bytes and len(data) <= room else bytes(memoryview(data)[:room])
+        n = len(take)
+        st.buf.extend([take[i : i + RELAY_DATA_MAX] for i in range(0, n, RELAY_DATA_MAX)])
         st.buffered += n
         self._pump()
         return n
