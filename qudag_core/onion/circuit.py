@@ -31,6 +31,7 @@ from qudag_core.onion.cells import (
     CellCommand,
     CellError,
     DestroyReason,
+    PaddingPool,
     RelayCommand,
     Unrecognized,
     build_cell,
@@ -135,6 +136,7 @@ class ClientCircuit:
         self._path: list[HopSpec] = []
         self._out: list[bytes] = []
         self._heads: dict = {}  # (command, stream_id, length) -> cell head, see send_relay_batch
+        self._pad = PaddingPool(rng)  # relay-cell padding (handshakes draw from rng itself)
 
     def __repr__(self) -> str:
         return f"ClientCircuit(circ_id={self.circ_id}, state={self.state}, hops={len(self._fwd)})"
@@ -221,9 +223,9 @@ class ClientCircuit:
             if ln < RELAY_DATA_MAX:
                 short.append((len(parts), RELAY_DATA_MAX - ln))
                 parts.append(b"")
-        rng = self._rng
-        for i, pad in short:  # random padding, as build_relay_payload(pad=rng), in order
-            parts[i] = rng(pad)
+        pad_pool = self._pad
+        for i, pad in short:  # random padding, as build_relay_payload(pad=...), in order
+            parts[i] = pad_pool(pad)
         buf = bytearray().join(parts)
         self._fwd[hop].encrypt(buf, originate=True)
         for i in range(hop - 1, -1, -1):
@@ -242,7 +244,7 @@ class ClientCircuit:
         return _CELL_HEAD.pack(self.circ_id, _RELAY, int(command), stream_id, ln)
 
     def _send_relay(self, hop: int, command, stream_id: int, data: bytes) -> None:
-        cell = build_cell(self.circ_id, CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        cell = build_cell(self.circ_id, CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
         self._fwd[hop].encrypt(cell, originate=True)
         for i in range(hop - 1, -1, -1):
             self._fwd[i].encrypt(cell)

@@ -38,6 +38,7 @@ from qudag_core.onion.cells import (
     CellCommand,
     CellError,
     DestroyReason,
+    PaddingPool,
     RelayCommand,
     Unrecognized,
     build_cell,
@@ -182,6 +183,7 @@ class OnionRelay:
         self.node_id = bytes(node_id)
         self._key = static_key
         self._rng = rng
+        self._pad = PaddingPool(rng)  # padding of the relay cells this relay originates
         self._max_hops = max_hops
         self._max_circuits = max_circuits
         self._max_half_open = max_half_open
@@ -485,7 +487,7 @@ class OnionRelay:
         return []
 
     def _send_backward(self, circ: _Circuit, command, stream_id: int, data: bytes) -> None:
-        cell = build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        cell = build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
         circ.bwd.encrypt(cell, originate=True)
         self._out.append((circ.prev[0], bytes(cell)))
 
@@ -510,7 +512,7 @@ class OnionRelay:
             return
         buf = bytearray()
         for command, stream_id, data in messages:
-            buf += build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+            buf += build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
         circ.bwd.encrypt(buf, originate=True)
         self._out.append((circ.prev[0], buf))
 
