@@ -958,7 +958,9 @@ class _ExitCircuit(_StreamOwner):
                 if cmd is DATA:  # a run of DATA for one stream: one mux call
                     sid = ev.stream_id
                     j = i + 1
-                    while j < n and type(evs[j]) is ExitMessageReceived and evs[j].command is DATA and evs[j].stream_id == sid:
+                    while j < n and type(evs[j]) is ExitMessageReceived and evs[j].command is DATA:
+                        if evs[j].stream_id != sid:
+                            break
                         j += 1
                     got, err = mux.receive_data_run(sid, [e.data for e in evs[i:j]])
                     st = streams.get(sid)

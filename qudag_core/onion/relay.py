@@ -54,8 +54,7 @@ __all__ = ["RelayState", "OnionRelay"]
 
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
-# relay header of a cell at offset 0 of a cell buffer: skip circ id, command and tag
-_RELAY_HDR_AT = struct.Struct(">" + "x" * (HEADER_SIZE + TAG_SIZE) + "BHH")
+# where a relay cell's data starts: after circ id, command, tag and relay header
 _DATA_AT = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
 _FAST_EXIT = {int(c): c for c in (RelayCommand.DATA, RelayCommand.SENDME, RelayCommand.END, RelayCommand.BEGIN)}
 _DATA = int(RelayCommand.DATA)
@@ -512,7 +511,8 @@ class OnionRelay:
             return
         buf = bytearray()
         for command, stream_id, data in messages:
-            buf += build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
+            payload = build_relay_payload(command, stream_id, data, pad=self._pad)
+            buf += build_cell(circ.prev[1], CellCommand.RELAY, payload)
         circ.bwd.encrypt(buf, originate=True)
         self._out.append((circ.prev[0], buf))
 

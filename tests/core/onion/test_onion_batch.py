@@ -368,7 +368,9 @@ _CMDS = [DATA, DATA, DATA, C.RelayCommand.SENDME, C.RelayCommand.END, C.RelayCom
              max_size=80),
     st.one_of(
         st.none(),
-        st.tuples(st.sampled_from([("client", 0), (0, 1), (1, 2)]), st.integers(0, 79), st.integers(0, C.PAYLOAD_SIZE - 1)),
+        st.tuples(
+            st.sampled_from([("client", 0), (0, 1), (1, 2)]), st.integers(0, 79), st.integers(0, C.PAYLOAD_SIZE - 1)
+        ),
     ),
 )
 def test_exit_runs_equal_cell_by_cell(make_net, seed_rng, specs, tamper):

@@ -262,8 +262,10 @@ def _sendmes(msgs):
 @settings(max_examples=60, deadline=None)
 @given(
     st.booleans(),
-    st.lists(st.one_of(st.tuples(st.just("data"), st.integers(0, 260)), st.tuples(st.just("consume"), st.integers(1, 120))),
-             max_size=12),
+    st.lists(
+        st.one_of(st.tuples(st.just("data"), st.integers(0, 260)), st.tuples(st.just("consume"), st.integers(1, 120))),
+        max_size=12,
+    ),
 )
 def test_receive_data_cells_equals_cells_one_by_one(auto, ops):
     """Several batches in a row (state carried over, with the application's ``consumed``
