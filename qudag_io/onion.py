@@ -46,12 +46,13 @@ from typing import Any, Awaitable, Callable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_core.link import LinkConfig
-from qudag_core.onion.cells import CELL_SIZE, CellError, DestroyReason, RelayCommand
+from qudag_core.onion.cells import CELL_SIZE, RELAY_DATA_MAX, CellError, DestroyReason, RelayCommand
 from qudag_core.onion.circuit import ClientCircuit, HopSpec
 from qudag_core.onion.events import (
     CircuitBuilt,
     CircuitClosed,
     CircuitRotationDue,
+    ExitDataReceived,
     ExitMessageReceived,
     LinkNeeded,
     RelayCircuitClosed,
@@ -525,7 +526,7 @@ class OnionNode:
     def _relay_events(self, events: list) -> None:
         run: list = []  # consecutive exit messages of one circuit: handled as one batch
         for ev in events:
-            if type(ev) is ExitMessageReceived:
+            if type(ev) is ExitDataReceived or type(ev) is ExitMessageReceived:
                 if run and (run[0].link_id != ev.link_id or run[0].circ_id != ev.circ_id):
                     self._exit_messages(run)
                     run = []
@@ -678,7 +679,8 @@ class OnionStream:
     """One stream over a circuit (client end or service end).
 
     ``send`` waits while the SENDME windows are closed; ``recv`` returns the next bytes
-    (up to 998, one DATA cell) and ``b""`` once the peer ended the stream; both raise
+    as they arrived (one DATA cell's, or at a service a run of DATA cells from one link
+    message, up to ~64 KB) and ``b""`` once the peer ended the stream; both raise
     ``StreamClosed`` if the circuit died, carrying what was not acknowledged."""
 
     def __init__(self, owner: "_StreamOwner", stream_id: int) -> None:
@@ -695,7 +697,12 @@ class OnionStream:
         # acknowledgement accounting (SENDMEs for this stream acknowledge 50 cells each)
         self._offered = 0
         self._msg_ends: deque[int] = deque()  # cumulative end offsets of send() calls
-        self._cell_sizes: deque[int] = deque()  # DATA cells sent, not yet acknowledged
+        # (cells, bytes) of each piece the mux took, not yet wholly acknowledged: the mux
+        # cuts each piece into full cells and a last short one (StreamMux.send), so the
+        # bytes of its first k cells are min(bytes, k * RELAY_DATA_MAX): O(1) per
+        # acknowledgement and nothing per cell
+        self._pieces: deque[tuple[int, int]] = deque()
+        self._head_acked = 0  # cells of _pieces[0] already acknowledged
         self.acked_bytes = 0
 
     # -- accounting --------------------------------------------------------------------
@@ -707,12 +714,26 @@ class OnionStream:
     def unacked_messages(self) -> int:
         return sum(1 for end in self._msg_ends if end > self.acked_bytes)
 
-    def _sent_cell(self, size: int) -> None:
-        self._cell_sizes.append(size)
+    def _taken(self, nbytes: int) -> None:
+        if nbytes > 0:
+            self._pieces.append((-(-nbytes // RELAY_DATA_MAX), nbytes))
 
     def _acked(self, cells: int) -> None:
-        for _ in range(min(cells, len(self._cell_sizes))):
-            self.acked_bytes += self._cell_sizes.popleft()
+        pieces = self._pieces
+        done = self._head_acked
+        while cells > 0 and pieces:
+            n, size = pieces[0]
+            before = min(size, done * RELAY_DATA_MAX)
+            if cells >= n - done:
+                self.acked_bytes += size - before
+                cells -= n - done
+                done = 0
+                pieces.popleft()
+            else:
+                done += cells
+                self.acked_bytes += min(size, done * RELAY_DATA_MAX) - before
+                cells = 0
+        self._head_acked = done
         while self._msg_ends and self._msg_ends[0] <= self.acked_bytes:
             self._msg_ends.popleft()
 
@@ -759,10 +780,14 @@ class OnionStream:
             raise self._closed_error()
         self._offered += len(data)
         self._msg_ends.append(self._offered)
-        view = memoryview(bytes(data))
+        whole = bytes(data)
+        view = memoryview(whole)
         loop = asyncio.get_running_loop()
         while view:
-            taken = self._owner.stream_send(self.stream_id, view)
+            # the bytes object itself while nothing was taken yet: the mux slices it
+            # into cells without another copy
+            taken = self._owner.stream_send(self.stream_id, whole if len(view) == len(whole) else view)
+            self._taken(taken)
             view = view[taken:]
             await self._owner.wait_link_writable()
             if self._error is not None:
@@ -836,14 +861,10 @@ class _StreamOwner:
 
     def pump(self, flush: bool = True) -> None:
         msgs = self.mux.messages_to_send()
-        for cmd, sid, data in msgs:
-            if cmd == RelayCommand.DATA:
-                st = self.streams.get(sid)
-                if st is not None:
-                    st._sent_cell(len(data))
-            elif cmd == RelayCommand.END:
-                self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
         if msgs:
+            END = RelayCommand.END
+            for sid in [m[1] for m in msgs if m[0] == END]:
+                self.streams.pop(sid, None)  # our END: the mux has forgotten the stream
             self._emit_many(msgs)
         self._emitted()
         if flush and not self.is_client:
@@ -875,11 +896,11 @@ class _StreamOwner:
     def handle(self, command: Any, sid: int, data: bytes) -> list:
         """Feed one relay message to the mux and dispatch its events; ``CellError`` means
         the peer broke the stream rules."""
-        if command == RelayCommand.SENDME and sid:
+        events = self.mux.receive_message(command, sid, data)
+        if command == RelayCommand.SENDME and sid:  # accepted by the mux: within the window
             st = self.streams.get(sid)
             if st is not None:
                 st._acked(STREAM_INCREMENT)
-        events = self.mux.receive_message(command, sid, data)
         for ev in events:
             st = self.streams.get(ev.stream_id)
             if isinstance(ev, StreamData):
@@ -935,8 +956,9 @@ class _ExitCircuit(_StreamOwner):
         self.pump(flush=False)  # called from _cells_in, which flushes once per batch
 
     def receive_many(self, evs: list) -> None:
-        """``receive`` for a run of ``ExitMessageReceived``: DATA takes a short path (same
-        mux checks, one wake-up per stream), the replies go out in one pump."""
+        """``receive`` for a run of ``ExitMessageReceived`` / ``ExitDataReceived``: DATA
+        takes a short path (same mux checks, one wake-up per stream), the replies go out
+        in one pump."""
         mux = self.mux
         streams = self.streams
         woken = set()
@@ -947,12 +969,26 @@ class _ExitCircuit(_StreamOwner):
             if self.error is not None:
                 return
             ev = evs[i]
-            cmd = ev.command
             try:
+                if type(ev) is ExitDataReceived:  # a run of DATA cells, already joined
+                    i += 1
+                    sid = ev.stream_id
+                    sizes = ev.sizes
+                    got, err = mux.receive_data_cells(sid, len(sizes))
+                    st = streams.get(sid)
+                    if got and st is not None:
+                        st._rx.append(ev.data if got == len(sizes) else ev.data[: sum(sizes[:got])])
+                        woken.add(st)
+                    if err is not None:
+                        raise err
+                    continue
+                cmd = ev.command
                 if cmd is DATA:  # a run of DATA for one stream: one mux call
                     sid = ev.stream_id
                     j = i + 1
-                    while j < n and evs[j].command is DATA and evs[j].stream_id == sid:
+                    while j < n and type(evs[j]) is ExitMessageReceived and evs[j].command is DATA:
+                        if evs[j].stream_id != sid:
+                            break
                         j += 1
                     got, err = mux.receive_data_run(sid, [e.data for e in evs[i:j]])
                     st = streams.get(sid)
@@ -1064,6 +1100,7 @@ class OnionCircuit(_StreamOwner):
 
     def _receive(self, cells: Any, now: float) -> None:
         """``cells``: one or more whole cells of this circuit (part of a link message)."""
+        handled = False
         for ev in self._core.receive_cells(cells, now):
             if isinstance(ev, RelayMessageReceived):
                 if ev.hop != self._core.hops - 1:
@@ -1071,16 +1108,24 @@ class OnionCircuit(_StreamOwner):
                 try:
                     self.handle(ev.command, ev.stream_id, ev.data)
                 except CellError as e:
+                    if handled:
+                        self.pump()  # what the earlier messages released leaves first
+                    handled = False
                     for ev2 in self._core.destroy(e.error_code or DestroyReason.PROTOCOL):
                         self._closed_event(ev2)
                     break
-                self.pump()
+                handled = True  # one pump for the whole batch (e.g. a run of SENDMEs)
             elif isinstance(ev, CircuitBuilt):
                 if not self.built.done():
                     self.built.set_result(None)
                     self.node.circuits_built += 1
             elif isinstance(ev, CircuitClosed):
+                if handled and self.error is None:
+                    self.pump()  # as above: released cells go before the DESTROY
+                handled = False
                 self._closed_event(ev)
+        if handled and self.error is None:
+            self.pump()
         self._send_cells()
 
     def _closed_event(self, ev: CircuitClosed) -> None:

@@ -27,11 +27,11 @@ from qudag_core.onion.cells import (
     HEADER_SIZE,
     PAYLOAD_SIZE,
     RELAY_DATA_MAX,
-    RELAY_HEADER_SIZE,
     TAG_SIZE,
     CellCommand,
     CellError,
     DestroyReason,
+    PaddingPool,
     RelayCommand,
     Unrecognized,
     build_cell,
@@ -49,17 +49,8 @@ MAX_HOPS = 8
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
 _CIRC_CMD_HDR = struct.Struct(">IB")
-_BATCH_STRUCTS: dict = {}
-
-
-def _batch_struct(n: int) -> struct.Struct:
-    """n relay cells: circ id, RELAY, zero tag slot, relay header, data (zero-filled)."""
-    st = _BATCH_STRUCTS.get(n)
-    if st is None:
-        st = struct.Struct(">" + f"IB{TAG_SIZE}xBHH{RELAY_DATA_MAX}s" * n)
-        if len(_BATCH_STRUCTS) < 256:
-            _BATCH_STRUCTS[n] = st
-    return st
+# everything of a relay cell before its data: circ id, RELAY, zero tag slot, relay header
+_CELL_HEAD = struct.Struct(f">IB{TAG_SIZE}xBHH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +135,8 @@ class ClientCircuit:
         self._reasm: Reassembler | None = None
         self._path: list[HopSpec] = []
         self._out: list[bytes] = []
+        self._heads: dict = {}  # (command, stream_id, length) -> cell head, see send_relay_batch
+        self._pad = PaddingPool(rng)  # relay-cell padding (handshakes draw from rng itself)
 
     def __repr__(self) -> str:
         return f"ClientCircuit(circ_id={self.circ_id}, state={self.state}, hops={len(self._fwd)})"
@@ -203,41 +196,55 @@ class ClientCircuit:
 
     def send_relay_batch(self, hop: int, messages) -> None:
         """Queue ``(command, stream_id, data)`` relay messages for hop ``hop``: the same
-        cells ``send_relay`` would make one by one, wrapped with one call per layer."""
+        cells ``send_relay`` would make one by one, wrapped with one call per layer.
+
+        The plaintext cells are joined from a 26-byte head per (command, stream, length),
+        made once per circuit and reused (a run of full DATA cells repeats one head), the
+        data, and random padding for short cells; nothing is queued if any message is
+        invalid."""
         self._move("send")
         if not 0 <= hop < self.hops:
             raise LocalProtocolError(f"no hop {hop}")
-        n = len(messages)
-        if n == 0:
+        if not messages:
             return
-        cid = self.circ_id
-        args: list = []
-        short: list = []  # (offset, length) of cells whose data leaves padding to fill
-        off = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
+        heads = self._heads
+        if len(heads) > 1024:
+            heads.clear()
+        parts: list = []
+        short: list = []  # (index in parts, padding length), filled after every check
         for command, stream_id, data in messages:
-            if command == RelayCommand.EXTEND:
-                raise LocalProtocolError("use extend()")
             ln = len(data)
-            if ln > RELAY_DATA_MAX:
-                raise ValueError(f"relay data {ln} > {RELAY_DATA_MAX}")
-            if not 0 <= stream_id <= 0xFFFF:
-                raise ValueError("stream_id out of range")
-            args += (cid, _RELAY, int(command), stream_id, ln, data if type(data) is bytes else bytes(data))
+            key = (command, stream_id, ln)
+            head = heads.get(key)
+            if head is None:
+                head = heads[key] = self._cell_head(command, stream_id, ln)
+            parts.append(head)
+            parts.append(data)
             if ln < RELAY_DATA_MAX:
-                short.append((off, ln))
-            off += CELL
-        buf = bytearray(n * CELL)
-        _batch_struct(n).pack_into(buf, 0, *args)  # headers, zero tag slots, data
-        rng = self._rng
-        for off, ln in short:  # random padding, as build_relay_payload(pad=rng)
-            buf[off + ln : off - (HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE) + CELL] = rng(RELAY_DATA_MAX - ln)
+                short.append((len(parts), RELAY_DATA_MAX - ln))
+                parts.append(b"")
+        pad_pool = self._pad
+        for i, pad in short:  # random padding, as build_relay_payload(pad=...), in order
+            parts[i] = pad_pool(pad)
+        buf = bytearray().join(parts)
         self._fwd[hop].encrypt(buf, originate=True)
         for i in range(hop - 1, -1, -1):
             self._fwd[i].encrypt(buf)
         self._out.append(buf)
 
+    def _cell_head(self, command, stream_id: int, ln: int) -> bytes:
+        """Circ id, RELAY, zero tag slot and relay header of a cell (checked as
+        ``send_relay`` checks them)."""
+        if command == RelayCommand.EXTEND:
+            raise LocalProtocolError("use extend()")
+        if ln > RELAY_DATA_MAX:
+            raise ValueError(f"relay data {ln} > {RELAY_DATA_MAX}")
+        if not 0 <= stream_id <= 0xFFFF:
+            raise ValueError("stream_id out of range")
+        return _CELL_HEAD.pack(self.circ_id, _RELAY, int(command), stream_id, ln)
+
     def _send_relay(self, hop: int, command, stream_id: int, data: bytes) -> None:
-        cell = build_cell(self.circ_id, CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        cell = build_cell(self.circ_id, CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
         self._fwd[hop].encrypt(cell, originate=True)
         for i in range(hop - 1, -1, -1):
             self._fwd[i].encrypt(cell)
@@ -315,8 +322,8 @@ class ClientCircuit:
         for h in range(self.hops):
             if not todo:
                 break
-            if len(todo) == n and h == 0:
-                flags = self._bwd[0].decrypt(run)
+            if len(todo) == n:  # nothing recognised yet (SENDMEs from the exit): in place
+                flags = self._bwd[h].decrypt(run)
                 pending = todo
             else:
                 # only cells still unrecognised go on: gather them, peel, scatter back

@@ -15,6 +15,7 @@ __all__ = [
     "CircuitRotationDue",
     "LinkNeeded",
     "ExitMessageReceived",
+    "ExitDataReceived",
     "RelayCircuitClosed",
 ]
 
@@ -92,6 +93,24 @@ class ExitMessageReceived:
     """Stream id."""
     data: bytes
     """Message data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExitDataReceived:
+    """Relay side, batch form (``OnionRelay.receive_cells`` only): consecutive DATA cells
+    of one stream, recognised here, as one event.  Equivalent to ``len(sizes)``
+    ``ExitMessageReceived(command=DATA)`` events carrying ``data`` cut at ``sizes``."""
+
+    link_id: object
+    """Link the circuit arrived on (toward the client)."""
+    circ_id: int
+    """Circuit id on that link."""
+    stream_id: int
+    """Stream id of every cell in the run."""
+    data: bytes
+    """The cells' data, concatenated in order."""
+    sizes: tuple
+    """Data length of each cell (flow control counts cells): ``sum(sizes) == len(data)``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,9 +2,10 @@
 
 Driving API: ``receive_cell(link_id, data, now) -> list[Event]``, ``cells_to_send() ->
 list[(link_id, bytes)]``, and their batch forms ``receive_cells(link_id, buf, now)`` (any
-number of whole cells, e.g. one link message) and ``batches_to_send() -> list[(link_id,
-bytes)]`` (each item n x 1024 bytes of cells for one link, in order), ``link_ready / link_failed / link_closed``, ``get_timer()``,
-``handle_timer(now)``.  Links are opaque ids chosen by the adapter.
+number of whole cells, e.g. one link message; runs of DATA for one stream come out as one
+``ExitDataReceived``) and ``batches_to_send() -> list[(link_id, bytes)]`` (each item n x
+1024 bytes of cells for one link, in order), ``link_ready / link_failed / link_closed``,
+``get_timer()``, ``handle_timer(now)``.  Links are opaque ids chosen by the adapter.
 
 Each circuit has a *prev* side (toward the client) and, once extended, a *next* side.
 Per side and state only some link commands are parsed at all (``ALLOWED``); anything else,
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import heapq
 import struct
+import sys
+from array import array
 
 from qudag_core.crypto import XWingPrivateKey
 from qudag_core.onion import handshake as hs
@@ -35,6 +38,7 @@ from qudag_core.onion.cells import (
     CellCommand,
     CellError,
     DestroyReason,
+    PaddingPool,
     RelayCommand,
     Unrecognized,
     build_cell,
@@ -42,7 +46,7 @@ from qudag_core.onion.cells import (
     parse_cell,
     parse_relay_payload,
 )
-from qudag_core.onion.events import ExitMessageReceived, LinkNeeded, RelayCircuitClosed
+from qudag_core.onion.events import ExitDataReceived, ExitMessageReceived, LinkNeeded, RelayCircuitClosed
 from qudag_core.onion.fragments import Reassembler, fragment
 from qudag_core.onion.relaycrypto import BACKWARD, FORWARD, new_layer
 
@@ -50,10 +54,14 @@ __all__ = ["RelayState", "OnionRelay"]
 
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
-# relay header of a cell at offset 0 of a cell buffer: skip circ id, command and tag
-_RELAY_HDR_AT = struct.Struct(">" + "x" * (HEADER_SIZE + TAG_SIZE) + "BHH")
+# where a relay cell's data starts: after circ id, command, tag and relay header
 _DATA_AT = HEADER_SIZE + TAG_SIZE + RELAY_HEADER_SIZE
 _FAST_EXIT = {int(c): c for c in (RelayCommand.DATA, RelayCommand.SENDME, RelayCommand.END, RelayCommand.BEGIN)}
+_DATA = int(RelayCommand.DATA)
+# per cell of a run: relay command, stream id and length (skipping circ id, command, tag)
+_RELAY_HDR_FMT = "%dxBHH%dx" % (HEADER_SIZE + TAG_SIZE, CELL - _DATA_AT)
+# per cell of a run: the data of a full DATA cell
+_FULL_DATA_FMT = "%dx%ds" % (_DATA_AT, RELAY_DATA_MAX)
 
 
 class RelayState:
@@ -102,6 +110,42 @@ def _cell_struct(per_cell: str, n: int) -> struct.Struct:
     return st
 
 
+def _one_relay_circuit(mv: memoryview, n: int) -> bool:
+    """Whether all ``n`` cells in ``mv`` are RELAY cells with the first cell's circuit id:
+    two strided C-level comparisons (circ ids as uint32, command bytes)."""
+    ids = mv.cast("I")[:: CELL // 4]
+    return ids == array("I", [ids[0]]) * n and mv[CIRC_ID_SIZE::CELL] == _RELAY_CMDS[:n]
+
+
+_RELAY_CMDS = bytes([_RELAY]) * 4096
+
+
+def _data_run_end(flags: bytes, hdr: tuple, k: int, sid: int) -> int:
+    """End (exclusive) of the run of recognised DATA cells of stream ``sid`` that starts at
+    cell ``k`` (whose header is already known to qualify).  A run that is the whole batch,
+    the usual case, is confirmed with a few C-level counts instead of a per-cell loop."""
+    n = len(flags)
+    if (
+        k == 0
+        and b"\x00" not in flags
+        and hdr[0::3].count(_DATA) == n
+        and hdr[1::3].count(sid) == n
+        and max(hdr[2::3]) <= RELAY_DATA_MAX
+    ):
+        return n
+    m = k + 1
+    while m < n and flags[m] and hdr[3 * m] == _DATA and hdr[3 * m + 1] == sid and hdr[3 * m + 2] <= RELAY_DATA_MAX:
+        m += 1
+    return m
+
+
+def _gather(run: bytearray, mv: memoryview, k: int, m: int, sizes: tuple) -> bytes:
+    """The data of cells ``k..m-1`` (lengths ``sizes``) as one ``bytes``."""
+    if sizes.count(RELAY_DATA_MAX) == m - k:  # all full: one struct call slices them all
+        return b"".join(_cell_struct(_FULL_DATA_FMT, m - k).unpack_from(run, k * CELL))
+    return b"".join([mv[b + _DATA_AT : b + _DATA_AT + ln] for b, ln in zip(range(k * CELL, m * CELL, CELL), sizes)])
+
+
 class _Circuit:
     __slots__ = ("prev", "next", "state", "fwd", "bwd", "position", "reasm", "extend_msg", "deadline", "next_node")
 
@@ -138,6 +182,7 @@ class OnionRelay:
         self.node_id = bytes(node_id)
         self._key = static_key
         self._rng = rng
+        self._pad = PaddingPool(rng)  # padding of the relay cells this relay originates
         self._max_hops = max_hops
         self._max_circuits = max_circuits
         self._max_half_open = max_half_open
@@ -210,11 +255,24 @@ class OnionRelay:
         """Batch form of ``receive_cell`` for ``buf`` holding n whole cells (one link
         message).  Consecutive RELAY cells of one circuit side are peeled with ONE layer
         call and forwarded as one output item; every other cell goes through
-        ``receive_cell``.  Same events, same output bytes, same order as calling
-        ``receive_cell`` cell by cell.  A length that is not a multiple of the cell size
+        ``receive_cell``.  Same output bytes and the same events in the same order as
+        calling ``receive_cell`` cell by cell, except that consecutive recognised DATA
+        cells of one stream come as one ``ExitDataReceived`` (which says how to cut it back
+        into the per-cell events).  A length that is not a multiple of the cell size
         drops the trailing partial cell (the link framer delivers whole cells)."""
         mv = memoryview(buf).cast("B")
         n = len(mv) // CELL
+        if n > 1 and len(mv) == n * CELL and _one_relay_circuit(mv, n):
+            # the usual link message: RELAY cells of one circuit, checked without a
+            # per-cell object; handled as the general loop below would handle it
+            entry = self._sides.get((link_id, int.from_bytes(mv[:CIRC_ID_SIZE], "big")))
+            if entry is not None:
+                circ, side = entry
+                if side == _P and circ.state != R.EXPECT_CREATE:
+                    return self._forward_run(circ, bytearray(mv), now)
+                if side == _N and circ.state == R.EXTENDED:
+                    self._backward_run(circ, bytearray(mv))
+                    return []
         events: list = []
         sides = self._sides
         heads = _cell_struct("5s1019x", n).unpack_from(mv)  # every cell's circ id + command
@@ -244,23 +302,33 @@ class OnionRelay:
             if side == _P:
                 events += self._forward_run(circ, run, now)
             else:
-                circ.bwd.encrypt(run)
-                self._relabel(run, circ.prev[1])
-                self._out.append((circ.prev[0], run))
-                self.cells_relayed += j - i
+                self._backward_run(circ, run)
             i = j
         return events
 
+    def _backward_run(self, circ: _Circuit, run: bytearray) -> None:
+        circ.bwd.encrypt(run)
+        self._relabel(run, circ.prev[1])
+        self._out.append((circ.prev[0], run))
+        self.cells_relayed += len(run) // CELL
+
     @staticmethod
     def _relabel(run: bytearray, circ_id: int) -> None:
-        cid = circ_id.to_bytes(CIRC_ID_SIZE, "big")
-        for off in range(0, len(run), CELL):
-            run[off : off + CIRC_ID_SIZE] = cid
+        """Write ``circ_id`` into every cell of ``run``: one strided store through a
+        uint32 view (native order, so the big-endian id is converted once)."""
+        n = len(run) // CELL
+        if n == 1:
+            run[:CIRC_ID_SIZE] = circ_id.to_bytes(CIRC_ID_SIZE, "big")
+            return
+        native = int.from_bytes(circ_id.to_bytes(CIRC_ID_SIZE, "big"), sys.byteorder)
+        memoryview(run).cast("I")[:: CELL // 4] = array("I", [native]) * n
 
     def _forward_run(self, circ: _Circuit, run: bytearray, now: float) -> list:
         """Peel a run of forward RELAY cells with one call; forward the unrecognised ones
-        in contiguous slices (EXTENDED), handle the recognised ones in order."""
+        in contiguous slices (EXTENDED), handle the recognised ones in order.  Recognised
+        DATA cells of one stream that follow each other become one ``ExitDataReceived``."""
         flags = circ.fwd.decrypt(run)
+        n = len(flags)
         if circ.state == R.EXTENDED and b"\x01" not in flags:
             self._relabel(run, circ.next[1])
             self._out.append((circ.next[0], run))
@@ -268,17 +336,35 @@ class OnionRelay:
             return []
         events: list = []
         mv = memoryview(run)
+        hdr = None  # (command, stream id, length) of every cell, parsed once if needed
         k = 0
-        n = len(flags)
         while k < n:
             if self._circuits.get(circ.prev) is not circ:
                 break  # destroyed by an earlier cell of the run: the rest is dropped
             if flags[k]:
-                base = k * CELL
-                code, sid, length = _RELAY_HDR_AT.unpack_from(run, base)
+                if hdr is None:
+                    hdr = _cell_struct(_RELAY_HDR_FMT, n).unpack_from(run)
+                code = hdr[3 * k]
+                sid = hdr[3 * k + 1]
+                if code == _DATA and hdr[3 * k + 2] <= RELAY_DATA_MAX:
+                    m = _data_run_end(flags, hdr, k, sid)
+                    sizes = hdr[3 * k + 2 : 3 * m : 3]
+                    events.append(
+                        ExitDataReceived(
+                            link_id=circ.prev[0],
+                            circ_id=circ.prev[1],
+                            stream_id=sid,
+                            data=_gather(run, mv, k, m, sizes),
+                            sizes=sizes,
+                        )
+                    )
+                    k = m
+                    continue
+                length = hdr[3 * k + 2]
                 if code in _FAST_EXIT and length <= RELAY_DATA_MAX:
                     # stream traffic (allowed in every state that has a fwd layer): the
                     # event straight from the header, no intermediate RelayMessage
+                    base = k * CELL
                     events.append(
                         ExitMessageReceived(
                             link_id=circ.prev[0],
@@ -291,7 +377,7 @@ class OnionRelay:
                     k += 1
                     continue
                 try:
-                    events += self._recognised(circ, bytearray(mv[base : base + CELL]), now)
+                    events += self._recognised(circ, bytearray(mv[k * CELL : (k + 1) * CELL]), now)
                 except CellError as e:
                     events += self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
                     break
@@ -411,7 +497,7 @@ class OnionRelay:
         return []
 
     def _send_backward(self, circ: _Circuit, command, stream_id: int, data: bytes) -> None:
-        cell = build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+        cell = build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._pad))
         circ.bwd.encrypt(cell, originate=True)
         self._out.append((circ.prev[0], bytes(cell)))
 
@@ -436,7 +522,8 @@ class OnionRelay:
             return
         buf = bytearray()
         for command, stream_id, data in messages:
-            buf += build_cell(circ.prev[1], CellCommand.RELAY, build_relay_payload(command, stream_id, data, pad=self._rng))
+            payload = build_relay_payload(command, stream_id, data, pad=self._pad)
+            buf += build_cell(circ.prev[1], CellCommand.RELAY, payload)
         circ.bwd.encrypt(buf, originate=True)
         self._out.append((circ.prev[0], buf))
 

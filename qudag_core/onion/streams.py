@@ -153,13 +153,15 @@ class StreamMux:
         st = self._get_local(stream_id)
         if st.end_after_flush:
             raise LocalProtocolError("stream is closing")
-        room = self._max_buffered - st.buffered
-        take = bytes(data[: max(0, room)])
-        for i in range(0, len(take), RELAY_DATA_MAX):
-            st.buf.append(take[i : i + RELAY_DATA_MAX])
-        st.buffered += len(take)
+        room = max(0, self._max_buffered - st.buffered)
+        # one copy to bytes, then cell-sized slices of it (slicing bytes is about twice as
+        # fast as bytes() of memoryview slices)
+        take = data if type(data) is bytes and len(data) <= room else bytes(memoryview(data)[:room])
+        n = len(take)
+        st.buf.extend([take[i : i + RELAY_DATA_MAX] for i in range(0, n, RELAY_DATA_MAX)])
+        st.buffered += n
         self._pump()
-        return len(take)
+        return n
 
     def writable(self, stream_id: int) -> bool:
         st = self._streams.get(stream_id)
@@ -184,16 +186,31 @@ class StreamMux:
             self._consumed(stream_id, st, cells)
 
     def _consumed(self, stream_id: int, st: _Stream, cells: int) -> None:
-        st.delivered_since += cells
-        self._circ_delivered_since += cells
-        while st.delivered_since >= STREAM_INCREMENT:
-            st.delivered_since -= STREAM_INCREMENT
-            st.deliver += STREAM_INCREMENT
-            self._out.append((RelayCommand.SENDME, stream_id, b""))
-        while self._circ_delivered_since >= CIRCUIT_INCREMENT:
-            self._circ_delivered_since -= CIRCUIT_INCREMENT
-            self.circ_deliver += CIRCUIT_INCREMENT
-            self._out.append((RelayCommand.SENDME, 0, b""))
+        """Count ``cells`` delivered cells; queue the SENDMEs they earn in the order one
+        call per cell would (a stream SENDME before a circuit SENDME earned by the same
+        cell), in O(SENDMEs) rather than O(cells)."""
+        s_total = st.delivered_since + cells
+        c_total = self._circ_delivered_since + cells
+        ns = s_total // STREAM_INCREMENT
+        nc = c_total // CIRCUIT_INCREMENT
+        st.delivered_since = s_total - ns * STREAM_INCREMENT
+        self._circ_delivered_since = c_total - nc * CIRCUIT_INCREMENT
+        st.deliver += ns * STREAM_INCREMENT
+        self.circ_deliver += nc * CIRCUIT_INCREMENT
+        if not nc:
+            self._out += [(RelayCommand.SENDME, stream_id, b"")] * ns
+            return
+        # the cell (1-based, within this call) that earns the i-th SENDME of each kind
+        s_first = STREAM_INCREMENT - (s_total - cells)
+        c_first = CIRCUIT_INCREMENT - (c_total - cells)
+        i = j = 0
+        while i < ns or j < nc:
+            if j >= nc or (i < ns and s_first + i * STREAM_INCREMENT <= c_first + j * CIRCUIT_INCREMENT):
+                self._out.append((RelayCommand.SENDME, stream_id, b""))
+                i += 1
+            else:
+                self._out.append((RelayCommand.SENDME, 0, b""))
+                j += 1
 
     def messages_to_send(self) -> list[tuple[int, int, bytes]]:
         out, self._out = self._out, []
@@ -207,14 +224,22 @@ class StreamMux:
 
     def _pump(self) -> None:
         """Move buffered data into DATA messages while both windows allow."""
+        DATA = RelayCommand.DATA
         for sid, st in list(self._streams.items()):
-            while st.open and st.buf and st.package > 0 and self.circ_package > 0:
-                chunk = st.buf.popleft()
-                st.buffered -= len(chunk)
-                st.package -= 1
-                self.circ_package -= 1
-                self._out.append((RelayCommand.DATA, sid, chunk))
-            if st.end_after_flush and not st.buf:
+            buf = st.buf
+            if st.open and buf:
+                k = min(len(buf), st.package, self.circ_package)  # as many as both windows allow
+                if k > 0:
+                    if k == len(buf):
+                        chunks = list(buf)
+                        buf.clear()
+                    else:
+                        chunks = [buf.popleft() for _ in range(k)]
+                    st.buffered -= sum(map(len, chunks))
+                    st.package -= k
+                    self.circ_package -= k
+                    self._out += [(DATA, sid, c) for c in chunks]
+            if st.end_after_flush and not buf:
                 del self._streams[sid]
                 self._out.append((RelayCommand.END, sid, b"\x00"))
 
@@ -266,26 +291,54 @@ class StreamMux:
         the chunks those events would have carried and the ``StreamError`` that the first
         violating chunk would have raised (``None`` if none; later chunks are not
         looked at, as cell by cell)."""
-        if not chunks:
-            return [], None
+        n, err = self.receive_data_cells(stream_id, len(chunks))
+        return (chunks if n == len(chunks) else chunks[:n]), err
+
+    def receive_data_cells(self, stream_id: int, cells: int) -> tuple:
+        """``receive_message(DATA, stream_id, ...)`` for ``cells`` cells at once, counting
+        only (the caller holds the bytes, e.g. an ``ExitDataReceived``): returns
+        ``(accepted, error)``, how many leading cells cell-by-cell delivery would have
+        delivered and the ``StreamError`` the next one would have raised (``None`` if all
+        were accepted).  Windows and SENDMEs end up exactly as cell by cell."""
+        if cells <= 0:
+            return 0, None
         if stream_id == 0:
-            return [], StreamError("DATA needs a stream id")
+            return 0, StreamError("DATA needs a stream id")
         st = self._streams.get(stream_id)
         if st is None:
-            return [], None  # stream already closed locally: late cells are dropped
+            return 0, None  # stream already closed locally: late cells are dropped
         if not st.open:
-            return [], StreamError("DATA before the stream opened")
-        auto = self._auto
-        n = 0
-        for _ in chunks:
+            return 0, StreamError("DATA before the stream opened")
+        if self._auto:
+            # before each cell the windows are deliver + delivered_since - (cells counted
+            # since the last SENDME): never below that sum - (increment - 1), so a sum of
+            # at least one increment admits any number of cells
+            if (
+                st.deliver + st.delivered_since < STREAM_INCREMENT
+                or self.circ_deliver + self._circ_delivered_since < CIRCUIT_INCREMENT
+            ):
+                return self._data_cells_slow(stream_id, st, cells)
+            st.deliver -= cells
+            self.circ_deliver -= cells
+            self._consumed(stream_id, st, cells)
+            return cells, None
+        room = min(st.deliver, self.circ_deliver)
+        take = cells if cells <= room else max(room, 0)
+        st.deliver -= take
+        self.circ_deliver -= take
+        if take < cells:
+            return take, StreamError("DATA beyond the flow-control window")
+        return cells, None
+
+    def _data_cells_slow(self, stream_id: int, st: _Stream, cells: int) -> tuple:
+        """Cell by cell (auto SENDMEs with windows already low: only after misuse)."""
+        for n in range(cells):
             if st.deliver <= 0 or self.circ_deliver <= 0:
-                return chunks[:n], StreamError("DATA beyond the flow-control window")
+                return n, StreamError("DATA beyond the flow-control window")
             st.deliver -= 1
             self.circ_deliver -= 1
-            if auto:
-                self._consumed(stream_id, st, 1)
-            n += 1
-        return chunks, None
+            self._consumed(stream_id, st, 1)
+        return cells, None
 
     def _sendme(self, stream_id: int) -> list:
         if stream_id == 0:

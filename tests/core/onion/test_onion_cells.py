@@ -122,3 +122,30 @@ def test_wrong_size_cells_rejected():
     for n in (0, 1, C.CELL_SIZE - 1, C.CELL_SIZE + 1):
         with pytest.raises(C.MalformedCell):
             C.Cell(bytes(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3000), max_size=40), st.integers(1, 4096))
+def test_padding_pool_hands_out_each_random_byte_once(sizes, block):
+    """Every request gets exactly n bytes, the next unused ones of the current rng block;
+    a new block is drawn only when the rest is too short, and no byte is handed out twice."""
+    import hashlib
+
+    blocks: list[bytes] = []
+
+    def rng(n):
+        blocks.append(hashlib.shake_256(len(blocks).to_bytes(4, "big")).digest(n))
+        return blocks[-1]
+
+    pool = C.PaddingPool(rng, block=block)
+    cur, pos = b"", 0
+    for n in sizes:
+        before = len(blocks)
+        got = pool(n)
+        if len(blocks) > before:
+            assert len(blocks) == before + 1 and n > len(cur) - pos
+            cur, pos = blocks[-1], 0
+            assert len(cur) == max(block, n)
+        assert got == cur[pos : pos + n]
+        pos += n
+    assert "random" in repr(pool) and "PaddingPool" in repr(pool)

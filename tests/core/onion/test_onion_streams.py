@@ -253,3 +253,83 @@ def test_receive_data_run_equals_receive_message(auto, sid, chunks, opened):
         assert outs[1][0] == chunks and outs[1][1] is type(None)
     if not auto and opened and sid == 1 and len(chunks) > STREAM_WINDOW:
         assert outs[1][1] is StreamError and len(outs[1][0]) == STREAM_WINDOW
+
+
+def _sendmes(msgs):
+    return [m for m in msgs if m[0] == RelayCommand.SENDME]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.booleans(),
+    st.lists(
+        st.one_of(st.tuples(st.just("data"), st.integers(0, 260)), st.tuples(st.just("consume"), st.integers(1, 120))),
+        max_size=12,
+    ),
+)
+def test_receive_data_cells_equals_cells_one_by_one(auto, ops):
+    """Several batches in a row (state carried over, with the application's ``consumed``
+    between them when SENDMEs are manual): the batch call accepts the same number of cells,
+    fails at the same cell, and leaves the same windows and the same SENDMEs *in the same
+    order* (stream and circuit SENDMEs interleaved by the cell that earned them)."""
+    outs = []
+    for batched in (False, True):
+        m = StreamMux(is_client=False, auto_sendme=auto)
+        m.receive_message(RelayCommand.BEGIN, 1, b"t")
+        m.accept(1)
+        m.messages_to_send()
+        log = []
+        for kind, k in ops:
+            if kind == "consume":
+                m.consumed(1, k)
+                continue
+            if batched:
+                got, err = m.receive_data_cells(1, k)
+            else:
+                got, err = 0, None
+                try:
+                    for _ in range(k):
+                        m.receive_message(RelayCommand.DATA, 1, b"x")
+                        got += 1
+                except StreamError as e:
+                    err = e
+            log.append((got, type(err)))
+            if err is not None:
+                break
+        st_ = m._streams[1]
+        outs.append((log, m.circ_deliver, st_.deliver, st_.delivered_since, _sendmes(m.messages_to_send())))
+    assert outs[0] == outs[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 99), st.integers(0, 49), st.integers(1, 400))
+def test_consumed_in_one_call_equals_cell_by_cell(circ_since, stream_since, cells):
+    """``consumed(sid, k)`` earns the SENDMEs that k calls of ``consumed(sid, 1)`` earn,
+    in the same order, from any starting point within the increments."""
+    outs = []
+    for one_call in (True, False):
+        m = StreamMux(is_client=False, auto_sendme=False)
+        m.receive_message(RelayCommand.BEGIN, 3, b"t")
+        m.accept(3)
+        m.messages_to_send()
+        m._circ_delivered_since = circ_since
+        m._streams[3].delivered_since = stream_since
+        if one_call:
+            m.consumed(3, cells)
+        else:
+            for _ in range(cells):
+                m.consumed(3, 1)
+        outs.append((m.messages_to_send(), m.circ_deliver, m._streams[3].deliver, m._circ_delivered_since))
+    assert outs[0] == outs[1]
+    assert len(outs[0][0]) == (stream_since + cells) // 50 + (circ_since + cells) // 100
+
+
+def test_receive_data_cells_edge_cases():
+    m = StreamMux(is_client=False)
+    assert m.receive_data_cells(1, 0) == (0, None)
+    got, err = m.receive_data_cells(0, 3)
+    assert got == 0 and isinstance(err, StreamError)
+    assert m.receive_data_cells(9, 3) == (0, None)  # unknown (closed) stream: dropped
+    m.receive_message(RelayCommand.BEGIN, 1, b"t")
+    got, err = m.receive_data_cells(1, 1)
+    assert got == 0 and isinstance(err, StreamError)  # not accepted yet
