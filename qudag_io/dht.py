@@ -2,8 +2,8 @@
 
 Thin by design (STYLE.md §11): ``datagram_received`` hands the bytes to
 ``KrpcNode.receive_datagram``, events resolve one future per operation id, and
-``_transmit`` sends everything pending and re-arms a single ``call_at`` timer from
-``KrpcNode.get_timer()``.  The core runs on ``loop.time()`` (monotonic) and
+``_transmit`` sends everything pending and keeps a single ``call_at`` timer no later
+than ``KrpcNode.get_timer()``.  The core runs on ``loop.time()`` (monotonic) and
 ``os.urandom``.
 
 Public API::
@@ -237,13 +237,15 @@ class DhtNode:
         for data, addr in self.core.datagrams_to_send(self._loop.time()):
             sendto(data, addr)
         t = self.core.get_timer()
-        if t != self._timer_at:
+        # Re-arm only when the core wants waking *earlier* than the armed timer: every
+        # query moves the core's next deadline, and a cancel + call_at per datagram was a
+        # measurable share of a lookup.  A timer that fires early just finds nothing due
+        # and re-arms for the real deadline.
+        if t is not None and (self._timer_at is None or t < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
-                self._timer = None
             self._timer_at = t
-            if t is not None:
-                self._timer = self._loop.call_at(t, self._on_timer)
+            self._timer = self._loop.call_at(t, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -127,7 +127,7 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
 class _Op:
     __slots__ = ("op_id", "kind", "target", "lookup", "phase", "pending", "stored", "failed",
                  "peers", "peer_set", "salt", "seq", "put", "port", "implied_port", "internal",
-                 "addr", "sent_at", "on_done", "quorum")
+                 "addr", "sent_at", "on_done", "quorum", "query", "qdict")
 
     def __init__(self, op_id: int, kind: int, target: bytes = b"") -> None:
         self.op_id = op_id
@@ -150,6 +150,8 @@ class _Op:
         self.sent_at = 0.0
         self.on_done: Optional[Callable] = None
         self.quorum = 1
+        self.query: Optional[M.Query] = None  # the lookup's query, built once
+        self.qdict: Optional[dict] = None  # ... and its bencode-ready dict
 
 
 class _Pending:
@@ -190,6 +192,7 @@ class KrpcNode:
         self._next_op = 1
         self._out: list = []
         self._events: list = []
+        self._id_ok_memo: dict = {}
         self._new_pings: set = set()  # addrs of not-yet-known queriers being pinged
         self._pinged: OrderedDict = OrderedDict()  # addr -> when we last pinged it as a newcomer (bounded)
         self._bootstrap_addrs = [a for a in (_norm_addr(b) for b in bootstrap) if a is not None]
@@ -437,10 +440,10 @@ class KrpcNode:
         nodes = []
         nodes6 = []
         for n in self.table.closest(target, self.config.k):
-            ip = _compact_ip(n.addr[0])
-            if ip is None:
+            c = n.compact
+            if c is None:
                 continue
-            (nodes if len(ip) == 4 else nodes6).append(n.node_id + ip + n.addr[1].to_bytes(2, "big"))
+            (nodes if len(c) == 26 else nodes6).append(c)
         if ":" in addr[0]:
             r[b"nodes6"] = b"".join(nodes6)
             if nodes:
@@ -550,10 +553,19 @@ class KrpcNode:
     def _id_ok(self, node_id: bytes, host: str) -> bool:
         if not self.config.enforce_bep42:
             return True
-        try:
-            return bep42.is_exempt(host) or bep42.is_valid_node_id(node_id, host)
-        except (ValueError, TypeError):
-            return False
+        # Memoised per (id, host): the check parses the host with ``ipaddress`` (pure
+        # Python, ~6 us compiled), and every response of a lookup runs it.  Bounded.
+        key = (node_id, host)
+        ok = self._id_ok_memo.get(key)
+        if ok is None:
+            try:
+                ok = bep42.is_exempt(host) or bep42.is_valid_node_id(node_id, host)
+            except (ValueError, TypeError):
+                ok = False
+            if len(self._id_ok_memo) >= 4096:
+                self._id_ok_memo.clear()
+            self._id_ok_memo[key] = ok
+        return ok
 
     def _note_querier(self, node_id: bytes, addr: tuple, now: float) -> None:
         n = self.table.get(node_id)
@@ -682,7 +694,7 @@ class KrpcNode:
         raise LocalProtocolError("cannot allocate a transaction id")
 
     def _send_query(self, op: Optional[_Op], node_id: Optional[bytes], addr: tuple, q: M.Query,
-                    now: float) -> bool:
+                    now: float, qdict: Optional[dict] = None) -> bool:
         if len(self._pending) >= self.config.max_pending:
             p = _Pending(b"", op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=True)
@@ -691,7 +703,7 @@ class KrpcNode:
         try:
             # The query templates are built (and field-checked by the caller's API) once
             # per operation; per send only the transaction id and version change.
-            d = q._to_dict()
+            d = q._to_dict() if qdict is None else dict(qdict)
             d[b"t"] = tid
             d[b"v"] = self.config.client_version
             data = M.bencode.encode(d)
@@ -734,9 +746,12 @@ class KrpcNode:
         lk = op.lookup
         if lk is None or op.phase != 0:
             return
-        q = self._query_for(op)
+        q = op.query
+        if q is None:
+            q = op.query = self._query_for(op)
+            op.qdict = q._to_dict()
         for node_id, addr in lk.next_queries(now):
-            self._send_query(op, node_id, addr, q, now)
+            self._send_query(op, node_id, addr, q, now, op.qdict)
         lk.handle_timer(now)  # drain its expiry list; our own timeouts do the blaming
         if lk.done and op.phase == 0:
             self._lookup_done(op, now)
