@@ -209,6 +209,11 @@ class Lookup:
         """``node_id`` answered with a KRPC error: it is no use to this lookup."""
         return self.on_timeout(node_id, now)
 
+    def knows(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is in the shortlist or was queried: listing it in a
+        response again changes nothing."""
+        return node_id in self._by_id or node_id in self._queried
+
     def get_timer(self) -> float | None:
         """The next query deadline, or None when nothing is in flight."""
         if self._done or not self._inflight:

@@ -54,6 +54,8 @@ __all__ = ["NodeConfig", "KrpcNode", "CLIENT_VERSION"]
 #: Our ``v`` field (BEP 5/BEP 20 style: two letters + two version bytes).
 CLIENT_VERSION = b"QD\x00\x01"
 
+_STAT_KEYS: dict = {}  # query METHOD -> its stats key
+
 # operation kinds
 _K_PING = 0
 _K_FIND = 1
@@ -193,6 +195,8 @@ class KrpcNode:
         self._out: list = []
         self._events: list = []
         self._id_ok_memo: dict = {}
+        self._tid_pool = b""
+        self._tid_at = 0
         self._new_pings: set = set()  # addrs of not-yet-known queriers being pinged
         self._pinged: OrderedDict = OrderedDict()  # addr -> when we last pinged it as a newcomer (bounded)
         self._bootstrap_addrs = [a for a in (_norm_addr(b) for b in bootstrap) if a is not None]
@@ -400,8 +404,10 @@ class KrpcNode:
         if isinstance(msg, M.UnknownQuery):
             return self._error(msg.transaction_id, KrpcErrorCode.METHOD_UNKNOWN, "method unknown")
         assert isinstance(msg, M.Query)
-        key = "q:" + msg.METHOD.decode()
-        self.stats[key] = self.stats.get(key, 0) + 1  # a fixed, small set of keys
+        key = _STAT_KEYS.get(msg.METHOD)
+        if key is None:  # one per query class: a fixed, small set of keys
+            key = _STAT_KEYS[msg.METHOD] = "q:" + msg.METHOD.decode()
+        self.stats[key] = self.stats.get(key, 0) + 1
         if msg.node_id == self.node_id:
             self.stats["dropped"] += 1
             return None
@@ -606,18 +612,28 @@ class KrpcNode:
         if op is None or op.phase == 2:
             self._accept(r.node_id, addr, now, latency)
             return
-        if op.lookup is not None and op.phase == 0:
+        lk = op.lookup
+        if lk is not None and op.phase == 0:
+            # Only nodes the lookup has not seen yet are converted to (id, (host, port)):
+            # in a populated network most of a reply is already in the shortlist.  The
+            # cap is the lookup's own, applied to the reply as sent.
             nodes = []
+            room = lk.max_nodes_per_response
+            knows = lk.knows
             for lst in (r.nodes, r.nodes6):
                 if lst:
                     for n in lst:
-                        nodes.append((n.node_id, (_host(n.ip), n.port)))
+                        if room <= 0:
+                            break
+                        room -= 1
+                        if not knows(n[0]):
+                            nodes.append((n[0], (_host(n[1]), n[2])))
             values = None
             if op.kind in (_K_PEERS, _K_ANNOUNCE) and r.values:
                 values = [(_host(v.ip), v.port) for v in r.values]
             elif op.kind == _K_GET and r.value is not None:
                 values = [(r.value, r.key, r.seq, r.signature)]
-            v = op.lookup.on_response(r.node_id, addr, nodes, now, values, token=r.token)
+            v = lk.on_response(r.node_id, addr, nodes, now, values, token=r.token)
             if v is Verdict.ACCEPTED:
                 self._accept(r.node_id, addr, now, latency)
             elif v in (Verdict.WRONG_ID, Verdict.OWN_ID):
@@ -687,8 +703,15 @@ class KrpcNode:
         return bytes(x)
 
     def _new_tid(self) -> bytes:
+        # Drawn from a pool of rng output: one getrandom() per 64 queries instead of one
+        # per query (a syscall on every send of a lookup).
         for _ in range(8):
-            tid = self._rng(4)
+            i = self._tid_at
+            if i + 4 > len(self._tid_pool):
+                self._tid_pool = self._rng(256)
+                i = 0
+            tid = self._tid_pool[i:i + 4]
+            self._tid_at = i + 4
             if tid not in self._pending:
                 return tid
         raise LocalProtocolError("cannot allocate a transaction id")
