@@ -23,6 +23,7 @@ cdef class Lookup:
     cdef bint _done
 
     cpdef bint knows(self, node_id)
+    cdef list _best(self, list eligible, Py_ssize_t want)
     cdef _add(self, node_id, addr)
     cdef _drop(self, Py_ssize_t j)
     cdef _fail(self, _Cand c)
