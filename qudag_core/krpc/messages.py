@@ -43,7 +43,9 @@ only canonical bencode, so these are exactly the bytes that were hashed or signe
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+import cython
 from typing import Any, ClassVar, NamedTuple, Optional, Union
 
 from qudag_core.errors import InvalidKey, InvalidSignature, LocalProtocolError
@@ -244,16 +246,27 @@ def _parse_addr(raw: bytes, tid: Optional[bytes], what: str) -> PeerAddr:
     return tuple.__new__(PeerAddr, (raw[:-2], port))
 
 
+_tuple_new = tuple.__new__
+
+
+def _node_info(node_id: bytes, ip: bytes, port: int) -> NodeInfo:
+    """``NodeInfo(node_id, ip, port)`` without NamedTuple's Python-level ``__new__``
+    (a find_node reply carries k of them); the compiled build fills the tuple directly."""
+    if cython.compiled:
+        return qudag_new_tuple3(NodeInfo, node_id, ip, port)
+    return _tuple_new(NodeInfo, (node_id, ip, port))
+
+
 def _parse_nodes(raw: bytes, step: int, tid: Optional[bytes], what: str) -> tuple[NodeInfo, ...]:
     if len(raw) % step:
         raise _fail(f"{what!r} length {len(raw)} is not a multiple of {step}", tid)
     out = []
-    new = tuple.__new__
-    for i in range(0, len(raw), step):
+    n = len(raw)
+    for i in range(0, n, step):
         port = (raw[i + step - 2] << 8) | raw[i + step - 1]
         if port == 0:
             raise _fail(f"{what!r}: node with port 0", tid)
-        out.append(new(NodeInfo, (raw[i:i + 20], raw[i + 20:i + step - 2], port)))
+        out.append(_node_info(raw[i:i + 20], raw[i + 20:i + step - 2], port))
     return tuple(out)
 
 
@@ -734,19 +747,42 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
     record = None
     if b"rec" in r:
         record = _parse_record(r, tid)
-    return Response(
-        node_id=node_id,
-        nodes=nodes,
-        nodes6=nodes6,
-        values=values,
-        token=_get_bytes(r, b"token", tid, 1, TOKEN_MAX, required=False),
-        value=_value_raw(r, tid, required=False),
-        key=_get_bytes(r, b"k", tid, ED25519_KEY_LEN, ED25519_KEY_LEN, required=False),
-        seq=_get_int(r, b"seq", tid, 0, SEQ_MAX, required=False),
-        signature=_get_bytes(r, b"sig", tid, ED25519_SIG_LEN, ED25519_SIG_LEN, required=False),
-        record=record,
-        **common,
-    )
+    return _response((
+        tid,
+        common.get("client_version"),
+        common.get("ip"),
+        node_id,
+        nodes,
+        nodes6,
+        values,
+        _get_bytes(r, b"token", tid, 1, TOKEN_MAX, required=False),
+        _value_raw(r, tid, required=False),
+        _get_bytes(r, b"k", tid, ED25519_KEY_LEN, ED25519_KEY_LEN, required=False),
+        _get_int(r, b"seq", tid, 0, SEQ_MAX, required=False),
+        _get_bytes(r, b"sig", tid, ED25519_SIG_LEN, ED25519_SIG_LEN, required=False),
+        record,
+    ))
+
+
+_new_object = object.__new__
+_set_field = object.__setattr__
+#: Response's fields in declaration order (what ``_response`` takes)
+_RESPONSE_FIELDS = tuple(f.name for f in fields(Response))
+
+
+def _response(values: tuple) -> Response:
+    """A parsed ``Response`` built slot by slot, ``values`` in ``_RESPONSE_FIELDS`` order:
+    the same object the dataclass ``__init__`` makes (it has no ``__post_init__``), without
+    its keyword-argument call, a sizeable part of parsing every lookup reply."""
+    if cython.compiled:
+        r = qudag_alloc_instance(Response)
+        for name, v in zip(_RESPONSE_FIELDS, values):
+            PyObject_GenericSetAttr(r, name, v)
+        return r
+    r = _new_object(Response)
+    for name, v in zip(_RESPONSE_FIELDS, values):
+        _set_field(r, name, v)
+    return r
 
 
 def _parse_error(common: dict, msg: dict, tid: bytes) -> Error:
