@@ -31,4 +31,4 @@ cdef object _node_info(object node_id, object ip, object port)
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t, port=int, out=list)
 cpdef tuple _parse_nodes(bytes raw, Py_ssize_t step, object tid, str what)
 
-cdef object _response(tuple values)
+cdef object _build(object cls, tuple values)

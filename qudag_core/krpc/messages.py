@@ -650,16 +650,23 @@ class Error(Message):
 # ---- parser ------------------------------------------------------------------------
 
 
+# The lookup queries every node answers (ping, find_node, get_peers) are built slot by
+# slot like replies (``_build``); field order: transaction_id, client_version, ip,
+# node_id, then the method's own.
+
+
 def _q_ping(common: dict, a: dict, tid: bytes) -> Query:
-    return Ping(**common)
+    return _build(Ping, (tid, common.get("client_version"), common.get("ip"), common["node_id"]))
 
 
 def _q_find_node(common: dict, a: dict, tid: bytes) -> Query:
-    return FindNode(target=_get_bytes(a, b"target", tid, ID_LEN, ID_LEN), **common)
+    return _build(FindNode, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
+                             _get_bytes(a, b"target", tid, ID_LEN, ID_LEN)))
 
 
 def _q_get_peers(common: dict, a: dict, tid: bytes) -> Query:
-    return GetPeers(info_hash=_get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN), **common)
+    return _build(GetPeers, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
+                             _get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN)))
 
 
 def _q_announce_peer(common: dict, a: dict, tid: bytes) -> Query:
@@ -747,7 +754,7 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
     record = None
     if b"rec" in r:
         record = _parse_record(r, tid)
-    return _response((
+    return _build(Response, (
         tid,
         common.get("client_version"),
         common.get("ip"),
@@ -766,21 +773,22 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
 
 _new_object = object.__new__
 _set_field = object.__setattr__
-#: Response's fields in declaration order (what ``_response`` takes)
-_RESPONSE_FIELDS = tuple(f.name for f in fields(Response))
+#: each fast-built message class's fields in declaration order (what ``_build`` takes)
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (Response, Ping, FindNode, GetPeers)}
 
 
-def _response(values: tuple) -> Response:
-    """A parsed ``Response`` built slot by slot, ``values`` in ``_RESPONSE_FIELDS`` order:
-    the same object the dataclass ``__init__`` makes (it has no ``__post_init__``), without
-    its keyword-argument call, a sizeable part of parsing every lookup reply."""
+def _build(cls: type, values: tuple) -> Message:
+    """A parsed message built slot by slot, ``values`` in ``_FIELDS[cls]`` order: the same
+    object the dataclass ``__init__`` makes (none of these has a ``__post_init__``),
+    without its keyword-argument call, a sizeable part of parsing every lookup datagram."""
+    names = _FIELDS[cls]
     if cython.compiled:
-        r = qudag_alloc_instance(Response)
-        for name, v in zip(_RESPONSE_FIELDS, values):
+        r = qudag_alloc_instance(cls)
+        for name, v in zip(names, values):
             PyObject_GenericSetAttr(r, name, v)
         return r
-    r = _new_object(Response)
-    for name, v in zip(_RESPONSE_FIELDS, values):
+    r = _new_object(cls)
+    for name, v in zip(names, values):
         _set_field(r, name, v)
     return r
 

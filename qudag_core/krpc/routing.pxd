@@ -16,4 +16,4 @@ cdef class _Bucket:
 cdef class RoutingTable:
     cdef public object own_id, config
     cdef object _own, _created
-    cdef dict _buckets, _nodes, _by_addr, _prefix_count
+    cdef dict _buckets, _nodes, _by_addr, _prefix_count, _prefix_memo

@@ -135,6 +135,10 @@ class AddResult:
 # Shared (frozen) result for the common case: building a dataclass per contact cost as
 # much as the update itself.
 _UPDATED = AddResult(outcome=Outcome.UPDATED)
+_CACHED = AddResult(outcome=Outcome.CACHED)
+
+
+_NO_PREFIX = object()  # memo sentinel: None is a valid answer ("not an IP literal")
 
 
 def address_prefix(host: str, config: DiversityConfig = DiversityConfig()) -> bytes | None:
@@ -233,6 +237,7 @@ class RoutingTable:
         self._nodes: dict[bytes, Node] = {}
         self._by_addr: dict[tuple, bytes] = {}
         self._prefix_count: dict[bytes, int] = {}
+        self._prefix_memo: dict = {}
 
     # -- inspection ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -296,7 +301,7 @@ class RoutingTable:
             if other.state(now, cfg) is not NodeState.BAD:
                 return AddResult(outcome=Outcome.REJECTED_ADDR_IN_USE)
             self._unlink(other)
-        prefix = address_prefix(addr[0], cfg.diversity)
+        prefix = self._prefix_of(addr[0])
         if prefix is None:
             return AddResult(outcome=Outcome.REJECTED_ADDRESS)
         index = self.bucket_index(node_id)
@@ -330,6 +335,8 @@ class RoutingTable:
                     n.ping_sent is None or now - n.ping_sent >= cfg.ping_interval):
                 n.ping_sent = now
                 pings.append((n.node_id, n.addr))
+        if not pings:
+            return _CACHED
         return AddResult(outcome=Outcome.CACHED, pings=tuple(pings))
 
     def mark_failed(self, node_id: bytes, now: float) -> Node | None:
@@ -479,6 +486,18 @@ class RoutingTable:
         return count
 
     # -- internals ----------------------------------------------------------------
+    def _prefix_of(self, host: str) -> bytes | None:
+        """``address_prefix`` memoised per host string (it parses with ``ipaddress``, pure
+        Python; a full bucket sees the same responders again and again).  Bounded."""
+        memo = self._prefix_memo
+        p = memo.get(host, _NO_PREFIX)
+        if p is _NO_PREFIX:
+            p = address_prefix(host, self.config.diversity)
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[host] = p
+        return p
+
     def _bucket(self, index: int) -> _Bucket:
         b = self._buckets.get(index)
         if b is None:

@@ -502,3 +502,18 @@ def test_parsed_response_and_nodes_are_ordinary_objects():
     assert dataclasses.replace(parsed, token=b"x").token == b"x"
     with pytest.raises(dataclasses.FrozenInstanceError):
         parsed.token = b"y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("query", [
+    m.Ping(transaction_id=b"p", node_id=b"i" * 20),
+    m.FindNode(transaction_id=b"f", client_version=b"UT\x01\x02", node_id=b"i" * 20, target=b"t" * 20),
+    m.GetPeers(transaction_id=b"g", node_id=b"i" * 20, info_hash=b"h" * 20,
+               ip=m.PeerAddr(ip=bytes(16), port=1)),
+])
+def test_parsed_lookup_queries_are_ordinary_objects(query):
+    import dataclasses
+
+    parsed = m.parse_message(query.encode())
+    assert type(parsed) is type(query) and parsed == query and hash(parsed) == hash(query)
+    assert repr(parsed) == repr(query) and parsed.encode() == query.encode()
+    assert dataclasses.replace(parsed, transaction_id=b"z").transaction_id == b"z"
