@@ -56,6 +56,14 @@ CLIENT_VERSION = b"QD\x00\x01"
 
 _STAT_KEYS: dict = {}  # query METHOD -> its stats key
 
+# Names the per-datagram path uses, bound once (a module attribute lookup each time
+# adds up over a dozen per datagram).
+_parse_message = M.parse_message
+_encode = M.bencode.encode
+_BUDGET = M.DATAGRAM_BUDGET
+_Response, _Error, _UnknownQuery, _Query = M.Response, M.Error, M.UnknownQuery, M.Query
+_Ping, _FindNode, _GetPeers = M.Ping, M.FindNode, M.GetPeers
+
 # operation kinds
 _K_PING = 0
 _K_FIND = 1
@@ -129,7 +137,7 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
 class _Op:
     __slots__ = ("op_id", "kind", "target", "lookup", "phase", "pending", "stored", "failed",
                  "peers", "peer_set", "salt", "seq", "put", "port", "implied_port", "internal",
-                 "addr", "sent_at", "on_done", "quorum", "query", "qdict")
+                 "addr", "sent_at", "on_done", "quorum", "query", "qtemplate")
 
     def __init__(self, op_id: int, kind: int, target: bytes = b"") -> None:
         self.op_id = op_id
@@ -153,7 +161,7 @@ class _Op:
         self.on_done: Optional[Callable] = None
         self.quorum = 1
         self.query: Optional[M.Query] = None  # the lookup's query, built once
-        self.qdict: Optional[dict] = None  # ... and its bencode-ready dict
+        self.qtemplate: Optional[tuple] = None  # ... encoded around its transaction id
 
 
 class _Pending:
@@ -377,7 +385,7 @@ class KrpcNode:
     # ---- receive path ----------------------------------------------------------------
     def _receive(self, data: bytes, addr: tuple, now: float, datagram: bool) -> Optional[bytes]:
         try:
-            msg = M.parse_message(data)
+            msg = _parse_message(data)
         except KrpcError as exc:
             tid = exc.transaction_id
             if tid is None:
@@ -390,10 +398,10 @@ class KrpcNode:
                 self._on_failure(p, now, timeout=False)
                 return None
             return self._error(tid, exc.error_code, str(exc))
-        if isinstance(msg, M.Response):
+        if isinstance(msg, _Response):
             self._on_response(msg, addr, now)
             return None
-        if isinstance(msg, M.Error):
+        if isinstance(msg, _Error):
             p = self._pending.get(msg.transaction_id)
             if p is not None and p.addr == addr:
                 del self._pending[msg.transaction_id]
@@ -401,9 +409,9 @@ class KrpcNode:
             else:
                 self.stats["dropped"] += 1
             return None
-        if isinstance(msg, M.UnknownQuery):
+        if isinstance(msg, _UnknownQuery):
             return self._error(msg.transaction_id, KrpcErrorCode.METHOD_UNKNOWN, "method unknown")
-        assert isinstance(msg, M.Query)
+        assert isinstance(msg, _Query)
         key = _STAT_KEYS.get(msg.METHOD)
         if key is None:  # one per query class: a fixed, small set of keys
             key = _STAT_KEYS[msg.METHOD] = "q:" + msg.METHOD.decode()
@@ -421,13 +429,13 @@ class KrpcNode:
             return self._error(msg.transaction_id, exc.error_code or KrpcErrorCode.GENERIC, str(exc))
         self._note_querier(msg.node_id, addr, now)
         self.stats["queries_answered"] += 1
-        data = M.bencode.encode(resp)
-        if datagram and len(data) > M.DATAGRAM_BUDGET:
+        data = _encode(resp)
+        if datagram and len(data) > _BUDGET:
             # Over budget (a large BEP 44 item plus nodes): drop the node list.
             resp[b"r"].pop(b"nodes", None)
             resp[b"r"].pop(b"nodes6", None)
-            data = M.bencode.encode(resp)
-            if len(data) > M.DATAGRAM_BUDGET:
+            data = _encode(resp)
+            if len(data) > _BUDGET:
                 self.stats["dropped"] += 1
                 return None
         return data
@@ -467,12 +475,12 @@ class KrpcNode:
         ip = _compact_ip(addr[0])
         if ip is not None:
             top[b"ip"] = ip + addr[1].to_bytes(2, "big")  # BEP 42: how we see the requester
-        if isinstance(q, M.Ping):
+        if isinstance(q, _Ping):
             return top
-        if isinstance(q, M.FindNode):
+        if isinstance(q, _FindNode):
             self._nodes_for(r, q.target, addr)
             return top
-        if isinstance(q, M.GetPeers):
+        if isinstance(q, _GetPeers):
             peers = self._peers.get(q.info_hash)
             if peers:
                 r[b"values"] = [p.compact() for p in list(peers)[-self.config.max_values_per_reply:]]
@@ -716,22 +724,49 @@ class KrpcNode:
                 return tid
         raise LocalProtocolError("cannot allocate a transaction id")
 
+    def _query_template(self, q: M.Query) -> Optional[tuple]:
+        """``(prefix, suffix)`` such that ``prefix + tid + suffix`` is ``q`` (with our
+        version) encoded with the 4-byte transaction id ``tid``, or None if ``q`` cannot
+        go in a datagram.  A lookup sends the same query to every node it asks; only the
+        id differs, so it is encoded once.  The id's place is found by encoding twice
+        with different placeholders, not by assuming a key order."""
+        try:
+            d = q._to_dict()
+            d[b"v"] = self.config.client_version
+            d[b"t"] = b"\x00\x00\x00\x00"
+            a = M.bencode.encode(d)
+            d[b"t"] = b"\xff\xff\xff\xff"
+            b = M.bencode.encode(d)
+        except (LocalProtocolError, KrpcError):
+            return None
+        if len(a) > M.DATAGRAM_BUDGET or q.channel_only() or len(a) != len(b):
+            return None
+        i = 0
+        while a[i] == b[i]:
+            i += 1
+        if a[i:i + 4] != b"\x00\x00\x00\x00" or a[i + 4:] != b[i + 4:]:
+            return None
+        return a[:i], a[i + 4:]
+
     def _send_query(self, op: Optional[_Op], node_id: Optional[bytes], addr: tuple, q: M.Query,
-                    now: float, qdict: Optional[dict] = None) -> bool:
+                    now: float, template: Optional[tuple] = None) -> bool:
         if len(self._pending) >= self.config.max_pending:
             p = _Pending(b"", op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=True)
             return False
         tid = self._new_tid()
         try:
-            # The query templates are built (and field-checked by the caller's API) once
-            # per operation; per send only the transaction id and version change.
-            d = q._to_dict() if qdict is None else dict(qdict)
-            d[b"t"] = tid
-            d[b"v"] = self.config.client_version
-            data = M.bencode.encode(d)
-            if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
-                raise LocalProtocolError("query does not fit a datagram")
+            if template is not None and len(tid) == 4:
+                data = template[0] + tid + template[1]
+            else:
+                # The query objects are built (and field-checked by the caller's API) once
+                # per operation; per send only the transaction id and version change.
+                d = q._to_dict()
+                d[b"t"] = tid
+                d[b"v"] = self.config.client_version
+                data = M.bencode.encode(d)
+                if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
+                    raise LocalProtocolError("query does not fit a datagram")
         except (LocalProtocolError, KrpcError):
             p = _Pending(tid, op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=False)
@@ -772,9 +807,9 @@ class KrpcNode:
         q = op.query
         if q is None:
             q = op.query = self._query_for(op)
-            op.qdict = q._to_dict()
+            op.qtemplate = self._query_template(q)
         for node_id, addr in lk.next_queries(now):
-            self._send_query(op, node_id, addr, q, now, op.qdict)
+            self._send_query(op, node_id, addr, q, now, op.qtemplate)
         lk.handle_timer(now)  # drain its expiry list; our own timeouts do the blaming
         if lk.done and op.phase == 0:
             self._lookup_done(op, now)

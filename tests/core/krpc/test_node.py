@@ -437,9 +437,16 @@ def test_lookup_sends_next_query_as_soon_as_a_reply_arrives():
     q, addr = first[0]
     rid = next(nid for nid, a in peers if a == addr)
     n.receive_datagram(M.Response(transaction_id=q.transaction_id, node_id=rid).encode(), addr, 1.0)
-    nxt = _find_node_queries(n.datagrams_to_send(1.0))
+    out = n.datagrams_to_send(1.0)
+    nxt = _find_node_queries(out)
     assert len(nxt) == 1 and nxt[0][1] not in {a for _q, a in first}
     assert n.get_timer() > 1.0  # nothing waits on the clock
+    # Lookup queries are encoded once around the transaction id: byte for byte the
+    # message's own encoding.
+    for data, _a in out:
+        q2 = M.parse_message(data)
+        assert data == M.FindNode(transaction_id=q2.transaction_id, client_version=n.config.client_version,
+                                  node_id=n.node_id, target=b"\x00" * 20).encode()
 
 
 def test_transaction_ids_are_fresh_rng_bytes():
