@@ -224,7 +224,7 @@ class KrpcNode:
         if a is None or not self.ratelimit.allow(a[0], now):
             self.stats["dropped"] += 1
             return
-        reply = self._receive(bytes(data), a, now, datagram=True)
+        reply = self._receive(bytes(data), a, now, True)
         if reply is not None:
             self._send(reply, a)
 
@@ -237,7 +237,7 @@ class KrpcNode:
         if a is None:
             return None
         self._now = now
-        return self._receive(bytes(data), a, now, datagram=False)
+        return self._receive(bytes(data), a, now, False)
 
     def datagrams_to_send(self, now: float) -> list:
         """``[(bytes, (host, port))]`` queued since the last call."""
