@@ -416,7 +416,8 @@ def _report(res: dict) -> str:
             f"{res['kademlia_s'] / res['kademlia_queries'] * 1e6:.1f} us, bare-socket floor "
             f"{res['floor_query_s'] * 1e6:.1f} us\n"
             f"      ours = floor {floor_lookup * 1e6:.0f} us + sans-IO core (both ends) "
-            f"{res['core_s'] * 1e6:.0f} us + adapter/loop {rest * 1e6:.0f} us")
+            f"{res['core_s'] * 1e6:.0f} us + remainder (adapter, loop dispatch, cache effects; "
+            f"the three are measured separately, so +- noise) {rest * 1e6:.0f} us")
 
 
 @pytest.mark.parametrize("k", [8, 20])
