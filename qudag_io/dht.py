@@ -2,8 +2,8 @@
 
 Thin by design (STYLE.md §11): ``datagram_received`` hands the bytes to
 ``KrpcNode.receive_datagram``, events resolve one future per operation id, and
-``_transmit`` sends everything pending and re-arms a single ``call_at`` timer from
-``KrpcNode.get_timer()``.  The core runs on ``loop.time()`` (monotonic) and
+``_transmit`` sends everything pending and keeps a single ``call_at`` timer no later
+than ``KrpcNode.get_timer()``.  The core runs on ``loop.time()`` (monotonic) and
 ``os.urandom``.
 
 Public API::
@@ -51,8 +51,9 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         o = self.owner
-        o.core.receive_datagram(data, addr, o._loop.time())
-        o._process()
+        now = o._time()
+        o._core_receive(data, addr, now)
+        o._process(now)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.: queries time out
         pass
@@ -73,6 +74,12 @@ class DhtNode:
         self._timer_at: Optional[float] = None
         self._closed = False
         self._bootstrapped = loop.create_future()
+        # bound once: every datagram goes through these
+        self._time = loop.time
+        self._core_receive = core.receive_datagram
+        self._pop_events = core.pop_events
+        self._to_send = core.datagrams_to_send
+        self._get_timer = core.get_timer
 
     @classmethod
     async def start(cls, host: str, port: int, *, node_id: Optional[bytes] = None,
@@ -219,31 +226,37 @@ class DhtNode:
         await asyncio.sleep(0)
 
     # ---- plumbing --------------------------------------------------------------
-    def _process(self) -> None:
-        for ev in self.core.pop_events():
-            if isinstance(ev, OperationDone):
-                fut = self._futures.get(ev.op_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(ev)
-            elif isinstance(ev, BootstrapDone):
-                if not self._bootstrapped.done():
-                    self._bootstrapped.set_result(ev.table_size)
-        self._transmit()
+    def _process(self, now: Optional[float] = None) -> None:
+        events = self._pop_events()
+        if events:
+            for ev in events:
+                if isinstance(ev, OperationDone):
+                    fut = self._futures.get(ev.op_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(ev)
+                elif isinstance(ev, BootstrapDone):
+                    if not self._bootstrapped.done():
+                        self._bootstrapped.set_result(ev.table_size)
+        self._transmit(now)
 
-    def _transmit(self) -> None:
+    def _transmit(self, now: Optional[float] = None) -> None:
         if self._closed or self._transport is None:
             return
-        sendto = self._transport.sendto
-        for data, addr in self.core.datagrams_to_send(self._loop.time()):
-            sendto(data, addr)
-        t = self.core.get_timer()
-        if t != self._timer_at:
+        out = self._to_send(self._time() if now is None else now)
+        if out:
+            sendto = self._transport.sendto
+            for data, addr in out:
+                sendto(data, addr)
+        t = self._get_timer()
+        # Re-arm only when the core wants waking *earlier* than the armed timer: every
+        # query moves the core's next deadline, and a cancel + call_at per datagram was a
+        # measurable share of a lookup.  A timer that fires early just finds nothing due
+        # and re-arms for the real deadline.
+        if t is not None and (self._timer_at is None or t < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
-                self._timer = None
             self._timer_at = t
-            if t is not None:
-                self._timer = self._loop.call_at(t, self._on_timer)
+            self._timer = self._loop.call_at(t, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

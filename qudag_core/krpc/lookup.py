@@ -142,12 +142,12 @@ class Lookup:
         slots = self.alpha - len(self._inflight)
         if slots <= 0 or self.queries >= self.max_queries:
             return []
+        want = min(slots, self.max_queries - self.queries)
         eligible = [c for c in self._list[:self.k] if c.state == _PENDING]
         if self._score is not None and len(eligible) > 1:
-            score = self._score
-            eligible.sort(key=lambda c: (c.dist.bit_length(), -score(c.node_id), c.dist))
+            eligible = self._best(eligible, want)
         out = []
-        for c in eligible[:min(slots, self.max_queries - self.queries)]:
+        for c in eligible[:want]:
             c.state = _IN_FLIGHT
             c.sent_at = now
             self._inflight[c.addr] = c
@@ -209,6 +209,11 @@ class Lookup:
         """``node_id`` answered with a KRPC error: it is no use to this lookup."""
         return self.on_timeout(node_id, now)
 
+    def knows(self, node_id: bytes) -> bool:
+        """Whether ``node_id`` is in the shortlist or was queried: listing it in a
+        response again changes nothing."""
+        return node_id in self._by_id or node_id in self._queried
+
     def get_timer(self) -> float | None:
         """The next query deadline, or None when nothing is in flight."""
         if self._done or not self._inflight:
@@ -237,6 +242,27 @@ class Lookup:
         return [(c.node_id, c.addr) for c in self._inflight.values()]
 
     # -- internals ----------------------------------------------------------------
+    def _best(self, eligible: list, want: int) -> list:
+        """The first ``want`` of ``eligible`` (sorted by distance) in the order
+        ``(log-distance, -score, distance)``.  Same log-distance means a contiguous run
+        of the distance-sorted list, so only the runs that can supply the ``want``
+        best are scored (not every pending candidate on every call)."""
+        score = self._score
+        out: list = []
+        i = 0
+        n = len(eligible)
+        while i < n and len(out) < want:
+            bits = eligible[i].dist.bit_length()
+            j = i + 1
+            while j < n and eligible[j].dist.bit_length() == bits:
+                j += 1
+            run = eligible[i:j]
+            if len(run) > 1:
+                run.sort(key=lambda c: (-score(c.node_id), c.dist))
+            out.extend(run)
+            i = j
+        return out
+
     def _add(self, node_id: bytes, addr: tuple) -> None:
         if node_id in self._by_id or node_id in self._queried or addr in self._addrs:
             return

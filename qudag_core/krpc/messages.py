@@ -43,7 +43,9 @@ only canonical bencode, so these are exactly the bytes that were hashed or signe
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+import cython
 from typing import Any, ClassVar, NamedTuple, Optional, Union
 
 from qudag_core.errors import InvalidKey, InvalidSignature, LocalProtocolError
@@ -244,16 +246,27 @@ def _parse_addr(raw: bytes, tid: Optional[bytes], what: str) -> PeerAddr:
     return tuple.__new__(PeerAddr, (raw[:-2], port))
 
 
+_tuple_new = tuple.__new__
+
+
+def _node_info(node_id: bytes, ip: bytes, port: int) -> NodeInfo:
+    """``NodeInfo(node_id, ip, port)`` without NamedTuple's Python-level ``__new__``
+    (a find_node reply carries k of them); the compiled build fills the tuple directly."""
+    if cython.compiled:
+        return qudag_new_tuple3(NodeInfo, node_id, ip, port)
+    return _tuple_new(NodeInfo, (node_id, ip, port))
+
+
 def _parse_nodes(raw: bytes, step: int, tid: Optional[bytes], what: str) -> tuple[NodeInfo, ...]:
     if len(raw) % step:
         raise _fail(f"{what!r} length {len(raw)} is not a multiple of {step}", tid)
     out = []
-    new = tuple.__new__
-    for i in range(0, len(raw), step):
+    n = len(raw)
+    for i in range(0, n, step):
         port = (raw[i + step - 2] << 8) | raw[i + step - 1]
         if port == 0:
             raise _fail(f"{what!r}: node with port 0", tid)
-        out.append(new(NodeInfo, (raw[i:i + 20], raw[i + 20:i + step - 2], port)))
+        out.append(_node_info(raw[i:i + 20], raw[i + 20:i + step - 2], port))
     return tuple(out)
 
 
@@ -637,16 +650,23 @@ class Error(Message):
 # ---- parser ------------------------------------------------------------------------
 
 
+# The lookup queries every node answers (ping, find_node, get_peers) are built slot by
+# slot like replies (``_build``); field order: transaction_id, client_version, ip,
+# node_id, then the method's own.
+
+
 def _q_ping(common: dict, a: dict, tid: bytes) -> Query:
-    return Ping(**common)
+    return _build(Ping, (tid, common.get("client_version"), common.get("ip"), common["node_id"]))
 
 
 def _q_find_node(common: dict, a: dict, tid: bytes) -> Query:
-    return FindNode(target=_get_bytes(a, b"target", tid, ID_LEN, ID_LEN), **common)
+    return _build(FindNode, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
+                             _get_bytes(a, b"target", tid, ID_LEN, ID_LEN)))
 
 
 def _q_get_peers(common: dict, a: dict, tid: bytes) -> Query:
-    return GetPeers(info_hash=_get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN), **common)
+    return _build(GetPeers, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
+                             _get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN)))
 
 
 def _q_announce_peer(common: dict, a: dict, tid: bytes) -> Query:
@@ -734,19 +754,43 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
     record = None
     if b"rec" in r:
         record = _parse_record(r, tid)
-    return Response(
-        node_id=node_id,
-        nodes=nodes,
-        nodes6=nodes6,
-        values=values,
-        token=_get_bytes(r, b"token", tid, 1, TOKEN_MAX, required=False),
-        value=_value_raw(r, tid, required=False),
-        key=_get_bytes(r, b"k", tid, ED25519_KEY_LEN, ED25519_KEY_LEN, required=False),
-        seq=_get_int(r, b"seq", tid, 0, SEQ_MAX, required=False),
-        signature=_get_bytes(r, b"sig", tid, ED25519_SIG_LEN, ED25519_SIG_LEN, required=False),
-        record=record,
-        **common,
-    )
+    return _build(Response, (
+        tid,
+        common.get("client_version"),
+        common.get("ip"),
+        node_id,
+        nodes,
+        nodes6,
+        values,
+        _get_bytes(r, b"token", tid, 1, TOKEN_MAX, required=False),
+        _value_raw(r, tid, required=False),
+        _get_bytes(r, b"k", tid, ED25519_KEY_LEN, ED25519_KEY_LEN, required=False),
+        _get_int(r, b"seq", tid, 0, SEQ_MAX, required=False),
+        _get_bytes(r, b"sig", tid, ED25519_SIG_LEN, ED25519_SIG_LEN, required=False),
+        record,
+    ))
+
+
+_new_object = object.__new__
+_set_field = object.__setattr__
+#: each fast-built message class's fields in declaration order (what ``_build`` takes)
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (Response, Ping, FindNode, GetPeers)}
+
+
+def _build(cls: type, values: tuple) -> Message:
+    """A parsed message built slot by slot, ``values`` in ``_FIELDS[cls]`` order: the same
+    object the dataclass ``__init__`` makes (none of these has a ``__post_init__``),
+    without its keyword-argument call, a sizeable part of parsing every lookup datagram."""
+    names = _FIELDS[cls]
+    if cython.compiled:
+        r = qudag_alloc_instance(cls)
+        for name, v in zip(names, values):
+            PyObject_GenericSetAttr(r, name, v)
+        return r
+    r = _new_object(cls)
+    for name, v in zip(names, values):
+        _set_field(r, name, v)
+    return r
 
 
 def _parse_error(common: dict, msg: dict, tid: bytes) -> Error:

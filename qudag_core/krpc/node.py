@@ -54,6 +54,16 @@ __all__ = ["NodeConfig", "KrpcNode", "CLIENT_VERSION"]
 #: Our ``v`` field (BEP 5/BEP 20 style: two letters + two version bytes).
 CLIENT_VERSION = b"QD\x00\x01"
 
+_STAT_KEYS: dict = {}  # query METHOD -> its stats key
+
+# Names the per-datagram path uses, bound once (a module attribute lookup each time
+# adds up over a dozen per datagram).
+_parse_message = M.parse_message
+_encode = M.bencode.encode
+_BUDGET = M.DATAGRAM_BUDGET
+_Response, _Error, _UnknownQuery, _Query = M.Response, M.Error, M.UnknownQuery, M.Query
+_Ping, _FindNode, _GetPeers = M.Ping, M.FindNode, M.GetPeers
+
 # operation kinds
 _K_PING = 0
 _K_FIND = 1
@@ -127,7 +137,7 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
 class _Op:
     __slots__ = ("op_id", "kind", "target", "lookup", "phase", "pending", "stored", "failed",
                  "peers", "peer_set", "salt", "seq", "put", "port", "implied_port", "internal",
-                 "addr", "sent_at", "on_done", "quorum")
+                 "addr", "sent_at", "on_done", "quorum", "query", "qtemplate")
 
     def __init__(self, op_id: int, kind: int, target: bytes = b"") -> None:
         self.op_id = op_id
@@ -150,6 +160,8 @@ class _Op:
         self.sent_at = 0.0
         self.on_done: Optional[Callable] = None
         self.quorum = 1
+        self.query: Optional[M.Query] = None  # the lookup's query, built once
+        self.qtemplate: Optional[tuple] = None  # ... encoded around its transaction id
 
 
 class _Pending:
@@ -190,6 +202,9 @@ class KrpcNode:
         self._next_op = 1
         self._out: list = []
         self._events: list = []
+        self._id_ok_memo: dict = {}
+        self._tid_pool = b""
+        self._tid_at = 0
         self._new_pings: set = set()  # addrs of not-yet-known queriers being pinged
         self._pinged: OrderedDict = OrderedDict()  # addr -> when we last pinged it as a newcomer (bounded)
         self._bootstrap_addrs = [a for a in (_norm_addr(b) for b in bootstrap) if a is not None]
@@ -209,7 +224,7 @@ class KrpcNode:
         if a is None or not self.ratelimit.allow(a[0], now):
             self.stats["dropped"] += 1
             return
-        reply = self._receive(bytes(data), a, now, datagram=True)
+        reply = self._receive(bytes(data), a, now, True)
         if reply is not None:
             self._send(reply, a)
 
@@ -222,7 +237,7 @@ class KrpcNode:
         if a is None:
             return None
         self._now = now
-        return self._receive(bytes(data), a, now, datagram=False)
+        return self._receive(bytes(data), a, now, False)
 
     def datagrams_to_send(self, now: float) -> list:
         """``[(bytes, (host, port))]`` queued since the last call."""
@@ -370,7 +385,7 @@ class KrpcNode:
     # ---- receive path ----------------------------------------------------------------
     def _receive(self, data: bytes, addr: tuple, now: float, datagram: bool) -> Optional[bytes]:
         try:
-            msg = M.parse_message(data)
+            msg = _parse_message(data)
         except KrpcError as exc:
             tid = exc.transaction_id
             if tid is None:
@@ -383,10 +398,10 @@ class KrpcNode:
                 self._on_failure(p, now, timeout=False)
                 return None
             return self._error(tid, exc.error_code, str(exc))
-        if isinstance(msg, M.Response):
+        if isinstance(msg, _Response):
             self._on_response(msg, addr, now)
             return None
-        if isinstance(msg, M.Error):
+        if isinstance(msg, _Error):
             p = self._pending.get(msg.transaction_id)
             if p is not None and p.addr == addr:
                 del self._pending[msg.transaction_id]
@@ -394,11 +409,13 @@ class KrpcNode:
             else:
                 self.stats["dropped"] += 1
             return None
-        if isinstance(msg, M.UnknownQuery):
+        if isinstance(msg, _UnknownQuery):
             return self._error(msg.transaction_id, KrpcErrorCode.METHOD_UNKNOWN, "method unknown")
-        assert isinstance(msg, M.Query)
-        key = "q:" + msg.METHOD.decode()
-        self.stats[key] = self.stats.get(key, 0) + 1  # a fixed, small set of keys
+        assert isinstance(msg, _Query)
+        key = _STAT_KEYS.get(msg.METHOD)
+        if key is None:  # one per query class: a fixed, small set of keys
+            key = _STAT_KEYS[msg.METHOD] = "q:" + msg.METHOD.decode()
+        self.stats[key] = self.stats.get(key, 0) + 1
         if msg.node_id == self.node_id:
             self.stats["dropped"] += 1
             return None
@@ -412,13 +429,13 @@ class KrpcNode:
             return self._error(msg.transaction_id, exc.error_code or KrpcErrorCode.GENERIC, str(exc))
         self._note_querier(msg.node_id, addr, now)
         self.stats["queries_answered"] += 1
-        data = M.bencode.encode(resp)
-        if datagram and len(data) > M.DATAGRAM_BUDGET:
+        data = _encode(resp)
+        if datagram and len(data) > _BUDGET:
             # Over budget (a large BEP 44 item plus nodes): drop the node list.
             resp[b"r"].pop(b"nodes", None)
             resp[b"r"].pop(b"nodes6", None)
-            data = M.bencode.encode(resp)
-            if len(data) > M.DATAGRAM_BUDGET:
+            data = _encode(resp)
+            if len(data) > _BUDGET:
                 self.stats["dropped"] += 1
                 return None
         return data
@@ -437,10 +454,10 @@ class KrpcNode:
         nodes = []
         nodes6 = []
         for n in self.table.closest(target, self.config.k):
-            ip = _compact_ip(n.addr[0])
-            if ip is None:
+            c = n.compact
+            if c is None:
                 continue
-            (nodes if len(ip) == 4 else nodes6).append(n.node_id + ip + n.addr[1].to_bytes(2, "big"))
+            (nodes if len(c) == 26 else nodes6).append(c)
         if ":" in addr[0]:
             r[b"nodes6"] = b"".join(nodes6)
             if nodes:
@@ -458,12 +475,12 @@ class KrpcNode:
         ip = _compact_ip(addr[0])
         if ip is not None:
             top[b"ip"] = ip + addr[1].to_bytes(2, "big")  # BEP 42: how we see the requester
-        if isinstance(q, M.Ping):
+        if isinstance(q, _Ping):
             return top
-        if isinstance(q, M.FindNode):
+        if isinstance(q, _FindNode):
             self._nodes_for(r, q.target, addr)
             return top
-        if isinstance(q, M.GetPeers):
+        if isinstance(q, _GetPeers):
             peers = self._peers.get(q.info_hash)
             if peers:
                 r[b"values"] = [p.compact() for p in list(peers)[-self.config.max_values_per_reply:]]
@@ -550,10 +567,19 @@ class KrpcNode:
     def _id_ok(self, node_id: bytes, host: str) -> bool:
         if not self.config.enforce_bep42:
             return True
-        try:
-            return bep42.is_exempt(host) or bep42.is_valid_node_id(node_id, host)
-        except (ValueError, TypeError):
-            return False
+        # Memoised per (id, host): the check parses the host with ``ipaddress`` (pure
+        # Python, ~6 us compiled), and every response of a lookup runs it.  Bounded.
+        key = (node_id, host)
+        ok = self._id_ok_memo.get(key)
+        if ok is None:
+            try:
+                ok = bep42.is_exempt(host) or bep42.is_valid_node_id(node_id, host)
+            except (ValueError, TypeError):
+                ok = False
+            if len(self._id_ok_memo) >= 4096:
+                self._id_ok_memo.clear()
+            self._id_ok_memo[key] = ok
+        return ok
 
     def _note_querier(self, node_id: bytes, addr: tuple, now: float) -> None:
         n = self.table.get(node_id)
@@ -594,18 +620,28 @@ class KrpcNode:
         if op is None or op.phase == 2:
             self._accept(r.node_id, addr, now, latency)
             return
-        if op.lookup is not None and op.phase == 0:
+        lk = op.lookup
+        if lk is not None and op.phase == 0:
+            # Only nodes the lookup has not seen yet are converted to (id, (host, port)):
+            # in a populated network most of a reply is already in the shortlist.  The
+            # cap is the lookup's own, applied to the reply as sent.
             nodes = []
+            room = lk.max_nodes_per_response
+            knows = lk.knows
             for lst in (r.nodes, r.nodes6):
                 if lst:
                     for n in lst:
-                        nodes.append((n.node_id, (_host(n.ip), n.port)))
+                        if room <= 0:
+                            break
+                        room -= 1
+                        if not knows(n[0]):
+                            nodes.append((n[0], (_host(n[1]), n[2])))
             values = None
             if op.kind in (_K_PEERS, _K_ANNOUNCE) and r.values:
                 values = [(_host(v.ip), v.port) for v in r.values]
             elif op.kind == _K_GET and r.value is not None:
                 values = [(r.value, r.key, r.seq, r.signature)]
-            v = op.lookup.on_response(r.node_id, addr, nodes, now, values, token=r.token)
+            v = lk.on_response(r.node_id, addr, nodes, now, values, token=r.token)
             if v is Verdict.ACCEPTED:
                 self._accept(r.node_id, addr, now, latency)
             elif v in (Verdict.WRONG_ID, Verdict.OWN_ID):
@@ -675,28 +711,62 @@ class KrpcNode:
         return bytes(x)
 
     def _new_tid(self) -> bytes:
+        # Drawn from a pool of rng output: one getrandom() per 64 queries instead of one
+        # per query (a syscall on every send of a lookup).
         for _ in range(8):
-            tid = self._rng(4)
+            i = self._tid_at
+            if i + 4 > len(self._tid_pool):
+                self._tid_pool = self._rng(256)
+                i = 0
+            tid = self._tid_pool[i:i + 4]
+            self._tid_at = i + 4
             if tid not in self._pending:
                 return tid
         raise LocalProtocolError("cannot allocate a transaction id")
 
+    def _query_template(self, q: M.Query) -> Optional[tuple]:
+        """``(prefix, suffix)`` such that ``prefix + tid + suffix`` is ``q`` (with our
+        version) encoded with the 4-byte transaction id ``tid``, or None if ``q`` cannot
+        go in a datagram.  A lookup sends the same query to every node it asks; only the
+        id differs, so it is encoded once.  The id's place is found by encoding twice
+        with different placeholders, not by assuming a key order."""
+        try:
+            d = q._to_dict()
+            d[b"v"] = self.config.client_version
+            d[b"t"] = b"\x00\x00\x00\x00"
+            a = M.bencode.encode(d)
+            d[b"t"] = b"\xff\xff\xff\xff"
+            b = M.bencode.encode(d)
+        except (LocalProtocolError, KrpcError):
+            return None
+        if len(a) > M.DATAGRAM_BUDGET or q.channel_only() or len(a) != len(b):
+            return None
+        i = 0
+        while a[i] == b[i]:
+            i += 1
+        if a[i:i + 4] != b"\x00\x00\x00\x00" or a[i + 4:] != b[i + 4:]:
+            return None
+        return a[:i], a[i + 4:]
+
     def _send_query(self, op: Optional[_Op], node_id: Optional[bytes], addr: tuple, q: M.Query,
-                    now: float) -> bool:
+                    now: float, template: Optional[tuple] = None) -> bool:
         if len(self._pending) >= self.config.max_pending:
             p = _Pending(b"", op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=True)
             return False
         tid = self._new_tid()
         try:
-            # The query templates are built (and field-checked by the caller's API) once
-            # per operation; per send only the transaction id and version change.
-            d = q._to_dict()
-            d[b"t"] = tid
-            d[b"v"] = self.config.client_version
-            data = M.bencode.encode(d)
-            if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
-                raise LocalProtocolError("query does not fit a datagram")
+            if template is not None and len(tid) == 4:
+                data = template[0] + tid + template[1]
+            else:
+                # The query objects are built (and field-checked by the caller's API) once
+                # per operation; per send only the transaction id and version change.
+                d = q._to_dict()
+                d[b"t"] = tid
+                d[b"v"] = self.config.client_version
+                data = M.bencode.encode(d)
+                if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
+                    raise LocalProtocolError("query does not fit a datagram")
         except (LocalProtocolError, KrpcError):
             p = _Pending(tid, op, node_id, addr, now, now, q.METHOD)
             self._on_failure(p, now, timeout=False)
@@ -734,9 +804,12 @@ class KrpcNode:
         lk = op.lookup
         if lk is None or op.phase != 0:
             return
-        q = self._query_for(op)
+        q = op.query
+        if q is None:
+            q = op.query = self._query_for(op)
+            op.qtemplate = self._query_template(q)
         for node_id, addr in lk.next_queries(now):
-            self._send_query(op, node_id, addr, q, now)
+            self._send_query(op, node_id, addr, q, now, op.qtemplate)
         lk.handle_timer(now)  # drain its expiry list; our own timeouts do the blaming
         if lk.done and op.phase == 0:
             self._lookup_done(op, now)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import socket
 from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
@@ -131,6 +132,15 @@ class AddResult:
         return self.outcome in (Outcome.ADDED, Outcome.REPLACED)
 
 
+# Shared (frozen) result for the common case: building a dataclass per contact cost as
+# much as the update itself.
+_UPDATED = AddResult(outcome=Outcome.UPDATED)
+_CACHED = AddResult(outcome=Outcome.CACHED)
+
+
+_NO_PREFIX = object()  # memo sentinel: None is a valid answer ("not an IP literal")
+
+
 def address_prefix(host: str, config: DiversityConfig = DiversityConfig()) -> bytes | None:
     """The diversity group of ``host`` (``b"4"``/``b"6"`` + masked address), or ``None``
     if ``host`` is not an IP literal."""
@@ -149,13 +159,17 @@ class Node:
     """One routing-table entry.  Returned by the table for reading; do not mutate."""
 
     __slots__ = ("node_id", "addr", "id_int", "prefix", "last_response", "last_query",
-                 "failures", "first_seen", "ping_sent")
+                 "failures", "first_seen", "ping_sent", "compact")
 
     def __init__(self, node_id: bytes, addr: tuple, prefix: bytes, now: float) -> None:
         self.node_id = node_id
         self.addr = addr
         self.id_int = int.from_bytes(node_id, "big")
         self.prefix = prefix
+        #: BEP 5 compact node info (26 bytes; 38 for IPv6, BEP 32), or None if the host
+        #: has no packed form (an IPv6 scope id).  Built once: every find_node reply
+        #: carries k of them.
+        self.compact: bytes | None = _compact_node(node_id, addr)
         self.last_response: float | None = None
         self.last_query: float | None = None
         self.failures = 0
@@ -189,6 +203,15 @@ class _Bucket:
         self.prefix_count: dict[bytes, int] = {}
 
 
+def _compact_node(node_id: bytes, addr: tuple) -> bytes | None:
+    host = addr[0]
+    try:
+        ip = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, ValueError, TypeError):
+        return None
+    return node_id + ip + addr[1].to_bytes(2, "big")
+
+
 def _valid_addr(addr: object) -> bool:
     return (isinstance(addr, tuple) and len(addr) == 2 and isinstance(addr[0], str)
             and isinstance(addr[1], int) and not isinstance(addr[1], bool) and 0 < addr[1] < 65536)
@@ -214,6 +237,7 @@ class RoutingTable:
         self._nodes: dict[bytes, Node] = {}
         self._by_addr: dict[tuple, bytes] = {}
         self._prefix_count: dict[bytes, int] = {}
+        self._prefix_memo: dict = {}
 
     # -- inspection ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -265,7 +289,7 @@ class RoutingTable:
         if existing is not None:
             if existing.addr == addr:
                 self._touch(existing, now, responded, queried_us)
-                return AddResult(outcome=Outcome.UPDATED)
+                return _UPDATED
             # A known id from a new address: only believed once the old entry is bad,
             # so nobody can hijack a live node's id by claiming it from elsewhere.
             if existing.state(now, cfg) is not NodeState.BAD:
@@ -277,7 +301,7 @@ class RoutingTable:
             if other.state(now, cfg) is not NodeState.BAD:
                 return AddResult(outcome=Outcome.REJECTED_ADDR_IN_USE)
             self._unlink(other)
-        prefix = address_prefix(addr[0], cfg.diversity)
+        prefix = self._prefix_of(addr[0])
         if prefix is None:
             return AddResult(outcome=Outcome.REJECTED_ADDRESS)
         index = self.bucket_index(node_id)
@@ -311,6 +335,8 @@ class RoutingTable:
                     n.ping_sent is None or now - n.ping_sent >= cfg.ping_interval):
                 n.ping_sent = now
                 pings.append((n.node_id, n.addr))
+        if not pings:
+            return _CACHED
         return AddResult(outcome=Outcome.CACHED, pings=tuple(pings))
 
     def mark_failed(self, node_id: bytes, now: float) -> Node | None:
@@ -360,25 +386,34 @@ class RoutingTable:
         j = ID_BITS - (t ^ self._own).bit_length()
         limit = self.config.bad_after_failures
         # Buckets in distance order: j (shares j+1 bits with target), then every deeper
-        # bucket (all at distance with top bit j), then j-1, j-2, ... 0.
-        groups: list[list[int]] = []
-        if j < ID_BITS:
-            groups.append([j])
-        groups.append([i for i in self._buckets if i > j])
-        groups.extend([i] for i in range(min(j, ID_BITS) - 1, -1, -1))
+        # bucket (all at distance with top bit j), then j-1, j-2, ... 0.  Only buckets
+        # that exist are visited (about log2(N) of the 160).
+        buckets = self._buckets
+        deeper = []
+        shallower = []
+        for i in buckets:
+            if i > j:
+                deeper.append(i)
+            elif i < j:
+                shallower.append(i)
+        shallower.sort(reverse=True)
+        groups: list = []
+        if j in buckets:
+            groups.append((j,))
+        groups.append(deeper)
+        for i in shallower:
+            groups.append((i,))
         out: list[Node] = []
         for g in groups:
             cand = []
             for i in g:
-                b = self._buckets.get(i)
-                if b is None:
-                    continue
-                for n in b.nodes:
+                for n in buckets[i].nodes:
                     if include_bad or n.failures < limit:
                         cand.append(n)
             if not cand:
                 continue
-            cand.sort(key=lambda n: n.id_int ^ t)
+            if len(cand) > 1:
+                cand.sort(key=lambda n: n.id_int ^ t)
             out.extend(cand)
             if len(out) >= count:
                 break
@@ -451,6 +486,18 @@ class RoutingTable:
         return count
 
     # -- internals ----------------------------------------------------------------
+    def _prefix_of(self, host: str) -> bytes | None:
+        """``address_prefix`` memoised per host string (it parses with ``ipaddress``, pure
+        Python; a full bucket sees the same responders again and again).  Bounded."""
+        memo = self._prefix_memo
+        p = memo.get(host, _NO_PREFIX)
+        if p is _NO_PREFIX:
+            p = address_prefix(host, self.config.diversity)
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[host] = p
+        return p
+
     def _bucket(self, index: int) -> _Bucket:
         b = self._buckets.get(index)
         if b is None:

@@ -63,3 +63,48 @@ def test_api_roundtrip(run_loop):
                 await nd.close()
 
     run_loop(main, 30)
+
+
+class _CountingLoop:
+    """The running loop, counting ``call_at`` (what the adapter arms its timer with)."""
+
+    def __init__(self, loop):
+        self._loop = loop
+        self.call_at_count = 0
+
+    def call_at(self, when, cb, *args):
+        self.call_at_count += 1
+        return self._loop.call_at(when, cb, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+def test_timer_rearmed_only_for_an_earlier_deadline(run_loop):
+    """Every query moves the core's next deadline; the adapter re-arms its one timer only
+    when the core wants waking earlier, so a lookup costs no timer per datagram, the
+    armed timer is never later than the core's deadline, and a timer that fires early
+    just re-arms."""
+    async def main():
+        nodes = await small_network(8)
+        try:
+            a = nodes[3]
+            counting = _CountingLoop(a._loop)
+            a._loop = counting
+            sent0 = a.core.stats["sent"]
+            for _ in range(20):
+                res = await a.find_node(os.urandom(20))
+                assert res.nodes
+                assert a._timer_at is not None and a._timer_at <= a.core.get_timer()
+            datagrams = a.core.stats["sent"] - sent0 + a.core.stats["received"]
+            assert datagrams > 60 and counting.call_at_count <= 4
+            # Past the query timeout (0.5 s): the early timer fired, found nothing due
+            # and re-armed for the core's real deadline.
+            await asyncio.sleep(0.8)
+            assert a._timer is not None and a._timer_at <= a.core.get_timer()
+            assert (await a.find_node(os.urandom(20))).nodes
+        finally:
+            for nd in nodes:
+                await nd.close()
+
+    run_loop(main, 30)

@@ -234,3 +234,40 @@ def test_malformed_responses_are_dropped():
                    (q[0][0], (q[0][1][0], 0))]:
         assert lk.on_response(nid, a, [], 0.1) is Verdict.UNSOLICITED
     assert lk.on_response(*q[0], [], 0.1) is Verdict.ACCEPTED
+
+
+def test_knows_shortlist_and_queried_ids_only():
+    lk = started(n=6, k=4, alpha=1)
+    assert lk.knows(node(0)[0]) and lk.knows(node(5)[0])
+    assert not lk.knows(node(40)[0]) and not lk.knows(OWN)
+    [q] = lk.next_queries(0.0)
+    lk.on_timeout(q[0], 0.5)  # failed: leaves the shortlist, stays "queried"
+    assert lk.knows(q[0])
+    # A known id listed again changes nothing, whatever address it comes with.
+    [q2] = lk.next_queries(0.5)
+    before = lk.result
+    assert lk.on_response(*q2, [(node(1)[0], ("10.99.0.1", 1))], 0.6) is Verdict.ACCEPTED
+    assert lk.knows(node(1)[0]) and lk.result.queries == before.queries
+
+
+@settings(max_examples=200, deadline=None)
+@given(dists=st.lists(st.integers(1, 2**40), min_size=1, max_size=30, unique=True),
+       scores=st.lists(st.sampled_from([0.0, 10.0, 50.0, 50.0, 90.0]), min_size=30, max_size=30),
+       k=st.integers(1, 20), alpha=st.integers(1, 6))
+def test_next_queries_order_is_log_distance_then_score_then_distance(dists, scores, k, alpha):
+    """The scored pick (only the runs that can supply the next queries are scored) gives
+    exactly the first ``alpha`` of the full sort of the k closest pending candidates."""
+    nodes = [(d.to_bytes(20, "big"), (f"10.1.{i}.1", 6000 + i)) for i, d in enumerate(dists)]
+    score_of = {nid: scores[i] for i, (nid, _a) in enumerate(nodes)}
+    calls = []
+
+    def score(nid):
+        calls.append(nid)
+        return score_of[nid]
+
+    lk = Lookup(TARGET, nodes, k, alpha, 0.0, 1.0, own_id=OWN, score=score)
+    top = sorted(nodes, key=lambda n: int.from_bytes(n[0], "big"))[:k]
+    ref = sorted(top, key=lambda n: (int.from_bytes(n[0], "big").bit_length(), -score_of[n[0]],
+                                     int.from_bytes(n[0], "big")))
+    assert lk.next_queries(0.0) == ref[:alpha]
+    assert len(calls) <= len(top)

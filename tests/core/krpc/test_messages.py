@@ -483,3 +483,37 @@ def test_mutated_messages_parse_or_krpc_error(seed, ops):
 @given(st.binary(max_size=100))
 def test_arbitrary_bytes_parse_or_krpc_error(data):
     _assert_parse_total(data)
+
+
+def test_parsed_response_and_nodes_are_ordinary_objects():
+    """Replies are built slot by slot (and their compact nodes tuple by tuple) on the hot
+    path: they must be indistinguishable from ones built through the constructors."""
+    import dataclasses
+
+    nodes = tuple(m.NodeInfo(node_id=bytes([i]) * 20, ip=bytes([10, 0, 0, i]), port=6000 + i) for i in range(1, 9))
+    built = m.Response(transaction_id=b"tt", client_version=b"QD\x00\x01", node_id=b"n" * 20, nodes=nodes,
+                       token=b"tok", ip=m.PeerAddr(ip=bytes([127, 0, 0, 1]), port=9))
+    parsed = m.parse_message(built.encode())
+    assert type(parsed) is m.Response and parsed == built and hash(parsed) == hash(built)
+    assert repr(parsed) == repr(built)
+    for a, b in zip(parsed.nodes, nodes):
+        assert type(a) is m.NodeInfo and a == b and hash(a) == hash(b)
+        assert (a.node_id, a.ip, a.port) == tuple(b) and a.compact() == b.compact()
+    assert dataclasses.replace(parsed, token=b"x").token == b"x"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.token = b"y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("query", [
+    m.Ping(transaction_id=b"p", node_id=b"i" * 20),
+    m.FindNode(transaction_id=b"f", client_version=b"UT\x01\x02", node_id=b"i" * 20, target=b"t" * 20),
+    m.GetPeers(transaction_id=b"g", node_id=b"i" * 20, info_hash=b"h" * 20,
+               ip=m.PeerAddr(ip=bytes(16), port=1)),
+])
+def test_parsed_lookup_queries_are_ordinary_objects(query):
+    import dataclasses
+
+    parsed = m.parse_message(query.encode())
+    assert type(parsed) is type(query) and parsed == query and hash(parsed) == hash(query)
+    assert repr(parsed) == repr(query) and parsed.encode() == query.encode()
+    assert dataclasses.replace(parsed, transaction_id=b"z").transaction_id == b"z"

@@ -411,3 +411,89 @@ def test_newcomer_pinged_once_per_interval():
         n.handle_timer(float(i * 3))
         pings += sum(isinstance(M.parse_message(d), M.Ping) for d, _ in n.datagrams_to_send(float(i * 3)))
     assert pings == 1
+
+
+def _find_node_queries(out):
+    qs = []
+    for data, addr in out:
+        m = M.parse_message(data)
+        if isinstance(m, M.FindNode):
+            qs.append((m, addr))
+    return qs
+
+
+def test_lookup_sends_next_query_as_soon_as_a_reply_arrives():
+    """No timer between a reply and the next query: the reply that frees an alpha slot
+    puts the next find_node in ``datagrams_to_send`` within the same call, at the same
+    ``now``, and nothing is due on the timer."""
+    n = fresh(b"eager")
+    rng = Rng(b"peers")
+    peers = [(rng(20), (f"10.{i}.0.1", 6881)) for i in range(8)]
+    for nid, a in peers:
+        n.table.add_or_update(nid, a, 0.0, responded=True)
+    n.find_node(b"\x00" * 20, 1.0)
+    first = _find_node_queries(n.datagrams_to_send(1.0))
+    assert len(first) == n.config.alpha
+    q, addr = first[0]
+    rid = next(nid for nid, a in peers if a == addr)
+    n.receive_datagram(M.Response(transaction_id=q.transaction_id, node_id=rid).encode(), addr, 1.0)
+    out = n.datagrams_to_send(1.0)
+    nxt = _find_node_queries(out)
+    assert len(nxt) == 1 and nxt[0][1] not in {a for _q, a in first}
+    assert n.get_timer() > 1.0  # nothing waits on the clock
+    # Lookup queries are encoded once around the transaction id: byte for byte the
+    # message's own encoding.
+    for data, _a in out:
+        q2 = M.parse_message(data)
+        assert data == M.FindNode(transaction_id=q2.transaction_id, client_version=n.config.client_version,
+                                  node_id=n.node_id, target=b"\x00" * 20).encode()
+
+
+def test_transaction_ids_are_fresh_rng_bytes():
+    """Transaction ids are consecutive 4-byte slices of the node's rng output (drawn in
+    blocks), all distinct across many queries in flight."""
+    drawn = []
+
+    class Recording(Rng):
+        def __call__(self, k: int) -> bytes:
+            out = super().__call__(k)
+            drawn.append(out)
+            return out
+
+    n = KrpcNode(b"\x01" * 20, rng=Recording(b"tids"), now=0.0)
+    drawn.clear()
+    for i in range(300):
+        n.ping((f"10.{i % 200}.{i // 200}.1", 7000), 0.0)
+    tids = [M.parse_message(d).transaction_id for d, _a in n.datagrams_to_send(0.0)]
+    assert len(tids) == 300 and len(set(tids)) == 300 and all(len(t) == 4 for t in tids)
+    pool = b"".join(drawn)
+    assert b"".join(tids) == pool[:4 * 300]
+
+
+def test_lookup_considers_only_the_capped_part_of_a_long_reply():
+    """A reply listing more nodes than the lookup's cap (2k): only the first 2k entries
+    can become candidates, whether or not the lookup knew some of them already."""
+    n = fresh(b"cap", k=2, alpha=1)
+    nid, addr = b"\x40" * 20, ("10.1.0.1", 6881)
+    n.table.add_or_update(nid, addr, 0.0, responded=True)
+    n.find_node(b"\x00" * 20, 0.0)
+    [(q, a)] = _find_node_queries(n.datagrams_to_send(0.0))
+    # Listed farthest first: the entries past the cap are the closest to the target, so
+    # the lookup would query them if it looked at them.
+    listed = [M.NodeInfo(node_id=bytes([0, 10 - i]) + bytes(18), ip=bytes([10, 2, i, 1]), port=6881)
+              for i in range(10)]
+    listed.insert(1, M.NodeInfo(node_id=nid, ip=bytes([10, 1, 0, 1]), port=6881))  # known: counts too
+    n.receive_datagram(M.Response(transaction_id=q.transaction_id, node_id=nid, nodes=tuple(listed)).encode(),
+                       addr, 0.1)
+    allowed = {("10.2.%d.1" % x.ip[2], 6881) for x in listed[:4] if x.node_id != nid}
+    asked = set()
+    for _ in range(20):
+        out = _find_node_queries(n.datagrams_to_send(0.2))
+        if not out:
+            break
+        for q2, a2 in out:
+            asked.add(a2)
+            n.receive_datagram(M.Response(transaction_id=q2.transaction_id,
+                                          node_id=next(x.node_id for x in listed
+                                                       if ("10.2.%d.1" % x.ip[2], 6881) == a2)).encode(), a2, 0.2)
+    assert asked and asked <= allowed

@@ -214,6 +214,31 @@ def test_closest_matches_brute_force(rng):
     assert t.closest(own, 0) == []
 
 
+def test_closest_matches_brute_force_for_targets_near_our_id(rng):
+    """Targets sharing 0..40 leading bits with our id: every split of the buckets into
+    "the target's bucket, all deeper ones, then shallower ones in order" is walked."""
+    t = RoutingTable(rng(20), config=RoutingConfig(k=8))
+    for i in range(400):
+        t.add_or_update(t.random_id_in_bucket(i % 12, rng) if i % 2 else rng(20), addr(i), 0.0, responded=True)
+    everyone = [n.node_id for n in t]
+    for shared in range(0, 41, 2):
+        target = t.random_id_in_bucket(shared, rng)
+        for count in (1, 8, 30):
+            want = sorted(everyone, key=lambda x: distance(x, target))[:count]
+            assert [n.node_id for n in t.closest(target, count)] == want
+
+
+def test_node_compact_form_is_bep5_contact_encoding():
+    t = RoutingTable(OWN, config=NO_DIV)
+    t.add_or_update(nid(1), ("10.1.2.3", 6881), 0.0, responded=True)
+    t.add_or_update(nid(2), ("2001:db8::7", 443), 0.0, responded=True)
+    t.add_or_update(nid(3), ("fe80::1%eth0", 1), 0.0, responded=True)
+    got = {n.node_id: n.compact for n in t}
+    assert got[nid(1)] == nid(1) + bytes([10, 1, 2, 3]) + (6881).to_bytes(2, "big")
+    assert got[nid(2)] == nid(2) + bytes.fromhex("20010db8000000000000000000000007") + (443).to_bytes(2, "big")
+    assert got.get(nid(3)) is None  # a scoped address has no compact form (if it was accepted at all)
+
+
 def test_refresh_due_after_15_minutes(rng):
     t = RoutingTable(OWN, now=0.0)
     assert t.due_refreshes(10_000.0, rng) == []  # empty table: caller bootstraps instead
