@@ -292,7 +292,7 @@ def test_datagrams_within_budget():
     out = n.datagrams_to_send(0.0)
     assert out and all(len(d) <= 1400 for d, _ in out)
     r = M.parse_message(out[0][0])
-    assert len(r.values) == n.config.max_values_per_reply and len(r.nodes) == 8
+    assert len(r.values) == n.config.max_values_per_reply and len(r.nodes) == n.config.k == 20
 
 
 def test_network_bootstrap_lookups_and_storage():
