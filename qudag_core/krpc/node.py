@@ -340,7 +340,9 @@ class KrpcNode:
             quorum: int = 1) -> int:
         """BEP 44 get: immutable (target = SHA-1(v)) or mutable (``salt`` needed to verify).
         ``quorum``: how many nodes must have returned the selected item; below that the
-        result has ``value`` None (and ``agreement`` says how many did)."""
+        result has ``value`` None (and ``agreement`` says how many did).  With quorum 1 an
+        immutable item ends the lookup at the first node that returns it (it verifies by
+        its hash); mutable items always run the whole lookup for the highest seq."""
         if quorum < 1:
             raise LocalProtocolError("quorum must be >= 1")
         op = self._new_op(_K_GET, self._check_id(target))
@@ -647,6 +649,14 @@ class KrpcNode:
             v = lk.on_response(r.node_id, addr, nodes, now, values, token=r.token)
             if v is Verdict.ACCEPTED:
                 self._accept(r.node_id, addr, now, latency)
+                if (values is not None and op.kind == _K_GET and r.key is None and op.quorum <= 1
+                        and M.immutable_target(r.value) == op.target):
+                    # BEP 44: an immutable item is verified by its hash alone and there is
+                    # only one, so the first one ends the lookup (libtorrent does the
+                    # same); quorum > 1 and mutable items keep going for agreement/seq.
+                    self._finish(op, True, GetResult(target=op.target, value=r.value, agreement=1,
+                                                     responses=1))
+                    return
             elif v in (Verdict.WRONG_ID, Verdict.OWN_ID):
                 self._blame(p.node_id, now)
             self._pump(op, now)

@@ -41,6 +41,8 @@ def test_api_roundtrip(run_loop):
             target = await a.put(v)
             assert target == M.immutable_target(v)
             g = await b.get(target)
+            assert g.value == v and g.agreement == 1  # the first verified immutable item ends it
+            g = await b.get(target, quorum=2)
             assert g.value == v and g.agreement >= 2
             sk = Ed25519PrivateKey.from_private_bytes(os.urandom(32))
             pk = sk.public_key().public_bytes_raw()

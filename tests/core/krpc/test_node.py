@@ -313,11 +313,21 @@ def test_network_bootstrap_lookups_and_storage():
     op, tgt = net.nodes[a].put_immutable(bencode.encode(b"value"), net.now)
     net.run(2.0)
     assert isinstance(net.done(a, op).result, PutResult) and net.done(a, op).result.stored >= 6
+    sent0 = net.nodes[b].stats["sent"]
     op = net.nodes[b].get(tgt, net.now)
     net.run(2.0)
     r = net.done(b, op).result
-    assert isinstance(r, GetResult) and r.value == bencode.encode(b"value") and r.agreement >= 3
-    # quorum reads: asking for more agreeing nodes than hold it gives no value
+    # quorum 1: the first verified immutable item ends the lookup (BEP 44; libtorrent too)
+    assert isinstance(r, GetResult) and r.value == bencode.encode(b"value") and r.agreement == 1
+    early = net.nodes[b].stats["sent"] - sent0
+    # quorum reads run the whole lookup and count agreeing nodes
+    sent0 = net.nodes[b].stats["sent"]
+    op = net.nodes[b].get(tgt, net.now, quorum=3)
+    net.run(2.0)
+    assert net.nodes[b].stats["sent"] - sent0 > early
+    r = net.done(b, op).result
+    assert r.value == bencode.encode(b"value") and r.agreement >= 3
+    # asking for more agreeing nodes than hold it gives no value
     op = net.nodes[b].get(tgt, net.now, quorum=r.agreement + 1)
     net.run(2.0)
     r2 = net.done(b, op).result
