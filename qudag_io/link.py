@@ -336,12 +336,17 @@ class Listener:
         return [s.getsockname()[:2] for s in self._server.sockets]
 
     async def close(self) -> None:
+        """Stop accepting, then end every link: each handler is cancelled and its link
+        gets an authenticated close, sent after whatever the handler already queued (so
+        a last reply still reaches the peer)."""
         self._server.close()
-        await self._server.wait_closed()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # After the links: from Python 3.12 wait_closed() also waits for every accepted
+        # connection, which would otherwise hang until the peers hang up.
+        await self._server.wait_closed()
 
     async def __aenter__(self) -> "Listener":
         return self
