@@ -66,6 +66,7 @@ class LinkProtocol(asyncio.Protocol):
         self.core: Optional[Link] = None
         self.transport: Optional[asyncio.Transport] = None
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._frozen = False
         self._timer_at: Optional[float] = None
         self.established: asyncio.Future[Established] = loop.create_future()
         self.messages: deque[bytes] = deque()
@@ -139,7 +140,7 @@ class LinkProtocol(asyncio.Protocol):
 
     def _transmit(self) -> None:
         core, transport = self.core, self.transport
-        if core is None or transport is None:
+        if core is None or transport is None or self._frozen:
             return
         data = core.data_to_send()
         if data and not transport.is_closing():
@@ -201,6 +202,16 @@ class LinkProtocol(asyncio.Protocol):
         self.core.send_message(data, time.time())
         self._transmit()
 
+    def freeze(self) -> None:
+        """Stop reading, writing and timing without closing anything: the peer sees a
+        hung node and finds out only through its own keepalive / idle timeout."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._frozen = True  # the core stays, but nothing it queues leaves
+
     def close(self, code: int, reason: str) -> None:
         if self.core is not None and self.closed is None:
             self.core.close(code, reason, time.time())
@@ -230,6 +241,11 @@ class Connection:
         """Queue one message without waiting for the write buffer to drain.  For callers
         that bound their own buffering (relays, forwarders); ``ConnectionClosed`` if ended."""
         self._p.send(data)
+
+    def freeze(self) -> None:
+        """Tests and fault injection: behave like a hung peer (stop reading, writing and
+        keepalives; close nothing)."""
+        self._p.freeze()
 
     def abort(self) -> None:
         """Drop the transport at once, without an authenticated close."""

@@ -297,13 +297,7 @@ class _NodeLink:
     def freeze(self) -> None:
         """Stop reading and writing without closing anything (tests: a hung relay).  The
         peer only finds out through its link's keepalive / idle timeout."""
-        p = self.conn._p
-        if p.transport is not None:
-            p.transport.pause_reading()
-        if p._timer is not None:
-            p._timer.cancel()
-            p._timer = None
-        p._transmit = lambda: None  # the link core's keepalives never leave
+        self.conn.freeze()
         self.writer.cancel()
 
 
