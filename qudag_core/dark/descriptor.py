@@ -43,7 +43,8 @@ from qudag_core.crypto.mldsa import PK_SIZE as MLDSA_PK_SIZE
 from qudag_core.crypto.mldsa import SIG_SIZE as MLDSA_SIG_SIZE
 from qudag_core.crypto.mldsa import MlDsa65PrivateKey, MlDsa65PublicKey
 from qudag_core.dark.address import DarkAddress
-from qudag_core.errors import CryptoError, DecryptError, InvalidSignature, LocalProtocolError, RemoteProtocolError
+from qudag_core.errors import (CryptoError, DecryptError, InvalidSignature, LocalProtocolError, QudagError,
+                               RemoteProtocolError)
 from qudag_core.identity import CertificateError, NodeCertificate
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "DescriptorDecryptFailed",
     "DescriptorWrongIdentity",
     "DescriptorExpired",
+    "DescriptorNotSaved",
 ]
 
 VERSION = 1
@@ -126,6 +128,11 @@ class DescriptorExpired(DescriptorError):
     """The inner ``expires_at`` is at or before ``now``."""
 
     error_code = 0x65
+
+
+class DescriptorNotSaved(QudagError):
+    """Raised by a ``DescriptorStore.listener`` that could not save a descriptor: the
+    put is refused (``PutStatus.NOT_SAVED``) and the store is left unchanged."""
 
 
 # --------------------------------------------------------------------------- derivations
@@ -421,6 +428,7 @@ class PutStatus(enum.Enum):
     ROLLBACK = "revision not above the stored one"
     FULL = "all slots for this index are held"
     STORE_FULL = "store full"
+    NOT_SAVED = "could not be saved"
 
     @property
     def accepted(self) -> bool:
@@ -442,10 +450,22 @@ class DescriptorStore:
 
     Checks run cheapest first: size/parse, period window, then (for a held key) the
     revision, and only then the ML-DSA signature -- so replays and most garbage cost no
-    signature verification, and nothing unverified is ever stored."""
+    signature verification, and nothing unverified is ever stored.
+
+    Persistence hook (as ``RecordStore.listener``): ``listener`` (default None) is told
+    of every change *before* it is applied in memory --
+    ``descriptor_stored(index, period_public_key, data, period, now)`` when a put is
+    accepted or replaces a slot, ``descriptors_removed(index)`` when an index expires.
+    A listener that raises ``DescriptorNotSaved`` from ``descriptor_stored`` refuses the
+    put (``NOT_SAVED``) and leaves the store unchanged, so a write-through database
+    (``qudag_io.persist``) commits a descriptor before the reply acknowledging it is
+    built; ``descriptors_removed`` must not raise.  ``entries()`` and ``restore()``
+    enumerate and reload descriptors; ``restore`` runs every check ``put`` runs,
+    the ML-DSA signature included (a saved file is only as trustworthy as its
+    permissions), and does not tell the listener."""
 
     __slots__ = ("_by_index", "slots_per_index", "max_indices", "max_bytes", "signature_checks",
-                 "_swept_period", "_bytes")
+                 "_swept_period", "_bytes", "listener")
 
     def __init__(self, slots_per_index: int = 8, max_indices: int = 65536,
                  max_bytes: int = 64 * 1024 * 1024) -> None:
@@ -458,6 +478,8 @@ class DescriptorStore:
         self.signature_checks = 0
         self._swept_period = -1
         self._bytes = 0  # len(to_bytes()) of every held descriptor
+        #: persistence hook (see the class docstring); ``None``: no listener
+        self.listener: object = None
 
     def _expire(self, now: float) -> None:
         # Entries only age out at period boundaries: sweep once per period, not per put.
@@ -466,9 +488,27 @@ class DescriptorStore:
             return
         self._swept_period = cur
         for idx in [i for i, slots in self._by_index.items() if next(iter(slots.values())).period < cur - 1]:
+            if self.listener is not None:
+                self.listener.descriptors_removed(idx)
             self._bytes -= sum(d.size for d in self._by_index.pop(idx).values())
 
     def put(self, data: bytes, now: float) -> PutStatus:
+        return self._put(data, now, True)
+
+    def restore(self, data: bytes, now: float) -> PutStatus:
+        """Reload a descriptor saved from ``entries()``: every check of ``put`` (period
+        window, slots, bounds, signature), without telling the listener (the
+        descriptor came from it).  Restoring ``entries()`` in order into an empty store
+        with the same bounds gives back the same ``get()`` results."""
+        return self._put(data, now, False)
+
+    def entries(self) -> list:
+        """``[(index, period_public_key, data, period)]``, index by index, each index's
+        slots earliest-stored first (the order ``restore`` needs)."""
+        return [(idx, pk, d.to_bytes(), d.period) for idx, slots in self._by_index.items()
+                for pk, d in slots.items()]
+
+    def _put(self, data: bytes, now: float, notify: bool) -> PutStatus:
         try:
             d = OuterDescriptor.from_bytes(data)
         except DescriptorMalformed:
@@ -493,6 +533,11 @@ class DescriptorStore:
             d.verify()
         except DescriptorBadSignature:
             return PutStatus.BAD_SIGNATURE
+        if notify and self.listener is not None:
+            try:
+                self.listener.descriptor_stored(d.index, d.period_public_key, d.to_bytes(), d.period, now)
+            except DescriptorNotSaved:
+                return PutStatus.NOT_SAVED
         if slots is None:
             slots = self._by_index[d.index] = OrderedDict()
         slots[d.period_public_key] = d

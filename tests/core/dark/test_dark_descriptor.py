@@ -22,6 +22,7 @@ from qudag_core.dark.descriptor import (
     DescriptorDecryptFailed,
     DescriptorError,
     DescriptorMalformed,
+    DescriptorNotSaved,
     DescriptorStore,
     DescriptorWrongIdentity,
     OuterDescriptor,
@@ -360,3 +361,113 @@ def test_store_random_put_orders(ops, slots):
         if real_rev is not None:
             mine = [d for d in held if d in _REAL_POOL]
             assert len(mine) == 1 and OuterDescriptor.from_bytes(mine[0]).revision == real_rev
+
+
+# ---------------------------------------------------------------- store persistence hooks
+class _Mirror:
+    """A listener that keeps what a write-through database would: one row per
+    (index, period key), upserted in place (so slot order is first-stored order), and
+    every row of an index deleted when it expires."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.rows: dict = {}
+        self.calls: list = []
+        self.fail = fail
+
+    def descriptor_stored(self, index, period_public_key, data, period, now):
+        self.calls.append(("stored", index, period_public_key, period, now))
+        if self.fail:
+            raise DescriptorNotSaved("disk full")
+        self.rows[(index, period_public_key)] = data
+
+    def descriptors_removed(self, index):
+        self.calls.append(("removed", index))
+        for key in [k for k in self.rows if k[0] == index]:
+            del self.rows[key]
+
+
+_OTHER = DarkService(bytes([42]) * 32, certificate=SERVICE_CERT)
+# Real and forged descriptors at this period's index, and another service's descriptors in
+# this period and the next two, so that advancing the clock expires some and not others.
+_HOOK_POOL = (_REAL_POOL + _FORGED_POOL[:4]
+              + [_OTHER.build(P + k, rev, NOW + k * PERIOD_SECONDS + 3600, Rng(bytes([k, rev])))
+                 for k in range(3) for rev in (1, 2)])
+_HOOK_INDICES = sorted({OuterDescriptor.from_bytes(d).index for d in _HOOK_POOL})
+
+
+def test_listener_sees_accepts_and_expiries_before_they_apply():
+    store = DescriptorStore()
+    seen = []
+
+    class Checking(_Mirror):
+        def descriptor_stored(self, index, period_public_key, data, period, now):
+            seen.append(store.get(index))  # not applied yet
+            super().descriptor_stored(index, period_public_key, data, period, now)
+
+        def descriptors_removed(self, index):
+            seen.append(store.get(index))  # still there
+            super().descriptors_removed(index)
+
+    store.listener = mirror = Checking()
+    idx = descriptor_index(ADDR, P)
+    assert store.put(_REAL_POOL[0], NOW) is PutStatus.ACCEPTED
+    assert store.put(_REAL_POOL[0], NOW) is PutStatus.ROLLBACK  # refused: the listener is not told
+    assert store.put(_REAL_POOL[1], NOW) is PutStatus.REPLACED
+    d = OuterDescriptor.from_bytes(_REAL_POOL[1])
+    assert mirror.calls == [("stored", idx, d.period_public_key, P, NOW)] * 2
+    assert seen == [[], [_REAL_POOL[0]]]
+    later = _OTHER.build(P + 2, 1, NOW + 2 * PERIOD_SECONDS + 60, Rng())
+    assert store.put(later, NOW + 2 * PERIOD_SECONDS).accepted
+    assert ("removed", idx) in mirror.calls and seen[2] == [_REAL_POOL[1]]
+    assert mirror.rows == {(e[0], e[1]): e[2] for e in store.entries()}
+
+
+def test_listener_failure_refuses_the_put_and_leaves_the_store():
+    store = DescriptorStore()
+    store.listener = _Mirror(fail=True)
+    assert store.put(REAL, NOW) is PutStatus.NOT_SAVED
+    assert not PutStatus.NOT_SAVED.accepted
+    assert len(store) == 0 and store.bytes_held == 0 and store.get(descriptor_index(ADDR, P)) == []
+    store.listener = None
+    assert store.put(REAL, NOW) is PutStatus.ACCEPTED
+
+
+def test_restore_checks_like_put_and_does_not_tell_the_listener():
+    store = DescriptorStore(slots_per_index=2)
+    store.listener = mirror = _Mirror()
+    tampered = bytearray(REAL)
+    tampered[-5] ^= 1  # in the signature
+    assert store.restore(bytes(tampered), NOW) is PutStatus.BAD_SIGNATURE
+    assert store.restore(REAL, NOW) is PutStatus.ACCEPTED
+    assert store.restore(REAL[:-1], NOW) is PutStatus.MALFORMED
+    assert store.restore(REAL, NOW + 2 * PERIOD_SECONDS) is PutStatus.STALE_PERIOD
+    assert store.restore(REAL, NOW) is PutStatus.ROLLBACK
+    assert store.restore(_FORGED_POOL[0], NOW).accepted
+    assert store.restore(_FORGED_POOL[1], NOW) is PutStatus.FULL
+    assert mirror.calls == [] and len(store) == 2
+    assert [e[2] for e in store.entries()] == [REAL, _FORGED_POOL[0]]
+
+
+@given(st.lists(st.one_of(st.integers(0, len(_HOOK_POOL) - 1), st.just("tick")), max_size=25),
+       st.integers(1, 4))
+@settings(max_examples=50, deadline=None)
+def test_any_puts_and_expiries_then_restore_gives_the_same_gets(ops, slots):
+    """Whatever puts and period changes happen, the listener's rows are exactly the
+    store's entries, and restoring those rows (in the database's order) into a fresh
+    store with the same bounds serves the same ``get()`` at every index."""
+    store = DescriptorStore(slots_per_index=slots)
+    store.listener = mirror = _Mirror()
+    now = NOW
+    for op in ops:
+        if op == "tick":
+            now += PERIOD_SECONDS
+        else:
+            store.put(_HOOK_POOL[op], now)
+    store.get(b"\0" * 20, now)  # sweep expired periods, as a served get does
+    assert mirror.rows == {(e[0], e[1]): e[2] for e in store.entries()}
+    fresh = DescriptorStore(slots_per_index=slots)
+    for data in mirror.rows.values():
+        assert fresh.restore(data, now).accepted
+    for idx in _HOOK_INDICES:
+        assert fresh.get(idx, now) == store.get(idx, now)
+    assert fresh.bytes_held == store.bytes_held and len(fresh) == len(store)
