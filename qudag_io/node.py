@@ -52,7 +52,8 @@ its own addresses (``qudag_io.dark.AddressKeeper`` drives it from the database).
 Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
 at shutdown (the persistence layer passes one to :meth:`Node.start`), and
 ``restore_contacts`` are DHT contacts it loaded back, bootstrapped from with the
-configured nodes.
+configured nodes; with ``database`` (a ``NodeDatabase``) the dark descriptors the node
+stores for others are loaded from it and written through to it.
 """
 from __future__ import annotations
 
@@ -236,7 +237,7 @@ class Node:
     def __init__(self, identity: Identity, settings: NodeSettings, *, metrics: Optional[NodeMetrics] = None,
                  on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None,
                  save_hooks: Iterable[Callable[[dict], Any]] = (),
-                 restore_contacts: Iterable[tuple[str, int]] = ()) -> None:
+                 restore_contacts: Iterable[tuple[str, int]] = (), database: Any = None) -> None:
         self.identity = identity
         self.settings = settings
         self.metrics = metrics or NodeMetrics()
@@ -246,6 +247,9 @@ class Node:
         self.restore_contacts: list[tuple[str, int]] = [tuple(a) for a in restore_contacts]  # type: ignore[misc]
         """DHT contacts loaded by the persistence layer (``Node.start(..., restore_contacts=)``);
         bootstrapped from together with the configured nodes."""
+        self.database = database
+        """A ``qudag_io.persist.NodeDatabase`` that keeps the dark descriptors this node
+        stores for others (loaded and written through from start); None: memory only."""
         self.listener: Optional[Listener] = None
         self.dht: Optional[DhtNode] = None
         self.http: Optional[HttpServer] = None
@@ -290,6 +294,9 @@ class Node:
         self._meter_udp(self.dht)
         self.dark_server = DescriptorServer(self.dht, DescriptorStore(slots_per_index=8, max_bytes=DARK_STORE_BYTES,
                                                                       max_indices=DARK_STORE_INDICES))
+        if self.database is not None:  # no await since the store was made: no put goes unsaved
+            n = self.database.attach_descriptors(self.dark_server.store, self.dark_server.clock())
+            log.info("restored %d dark descriptors stored for other nodes", n)
         if s.dark_directory:
             directory = CertificateDirectory(s.dark_directory)
             directory.register(self.certificate)

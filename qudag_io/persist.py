@@ -1,5 +1,6 @@
 """The node's SQLite database: routing table, DHT records with their expiries, peer
-reputation and our own published (dark) addresses.  Issue 6, "Persistence".
+reputation, the dark-address descriptors stored for other nodes and our own published
+(dark) addresses.  Issue 6, "Persistence".
 
 One file, stdlib ``sqlite3`` in WAL mode, created mode 0600, schema marked with
 ``PRAGMA application_id`` (``QDAG``) and ``PRAGMA user_version`` (the schema version).
@@ -12,6 +13,7 @@ Usage (``docs/persistence.md``)::
     dht = await DhtNode.start(host, port, node_id=node_id, wait_bootstrap=False,
                               bootstrap=() if db.has_routing() else bootstrap_nodes)
     db.attach(dht.core, loop.time())                # routing + reputation + records; write-through on
+    db.attach_descriptors(dark_store, time.time())  # dark descriptors (the store runs on Unix time)
     ...                                             # periodically and at shutdown:
     db.save(dht.core, loop.time()); db.close()
 
@@ -33,7 +35,14 @@ while a stalled loop is not; hence ``NORMAL``, with ``synchronous="FULL"`` for n
 hardware where fsync is cheap or whose records matter more.  Deletions (expiry,
 eviction) are not committed on their own: they join the next commit, or ``save``/
 ``flush``; a deletion lost in a crash only brings back an expired or evicted row, which
-loading drops again.
+loading drops again.  Dark descriptors (``attach_descriptors``) follow the same rules
+through ``DescriptorStore.listener``; loading re-verifies each one's ML-DSA signature
+and drops (with a warning) rows that fail, since a file is only as trustworthy as its
+permissions and descriptors are republished by their owners hourly.
+
+Schema versions: 1 (routing, records, reputation, addresses), 2 (adds ``descriptors``).
+Opening a version-1 file migrates it forward in one transaction; a newer file is
+refused (``NewerSchema``).
 
 The routing table and reputation are small and change constantly, so they are saved as
 snapshots (``save``), not written through.  Times in the database are wall-clock Unix
@@ -44,11 +53,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import logging
 import os
 import sqlite3
 import time
 from typing import Any, Callable, Optional
 
+from qudag_core.dark.descriptor import DescriptorError, DescriptorNotSaved, DescriptorStore, OuterDescriptor, PutStatus
 from qudag_core.errors import QudagError
 from qudag_core.krpc.reputation import Reputation
 from qudag_core.krpc.routing import RoutingTable
@@ -74,11 +85,22 @@ __all__ = [
 
 #: ``PRAGMA application_id``: ASCII "QDAG"
 APPLICATION_ID = 0x51444147
-#: ``PRAGMA user_version`` this code writes and reads
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` this code writes and reads (older versions are migrated)
+SCHEMA_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"SQLite format 3\x00"
-_TABLES = {"meta", "routing", "records", "reputation", "addresses"}
+_TABLES_V1 = {"meta", "routing", "records", "reputation", "addresses"}
+_TABLES = _TABLES_V1 | {"descriptors"}
+# Version 1 -> 2.  A rowid table: rows are upserted in place, so rowid order is the
+# order each (index, period key) slot was first stored, which the store's slots keep.
+_DESCRIPTORS = """
+CREATE TABLE descriptors (
+    idx BLOB NOT NULL, period_pk BLOB NOT NULL, period INTEGER NOT NULL, data BLOB NOT NULL,
+    stored_at REAL NOT NULL, PRIMARY KEY (idx, period_pk))
+"""
+_MIGRATIONS = {1: [_DESCRIPTORS]}  # from version n to n + 1
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE routing (
@@ -95,7 +117,7 @@ CREATE TABLE reputation (
 CREATE TABLE addresses (
     address TEXT PRIMARY KEY, kind TEXT NOT NULL, created REAL NOT NULL, last_published REAL,
     revision INTEGER NOT NULL, blob BLOB NOT NULL) WITHOUT ROWID;
-"""
+""" + _DESCRIPTORS
 
 
 class PersistError(QudagError):
@@ -242,6 +264,41 @@ class _RecordMirror:
             self.db._rollback()
 
 
+class _DescriptorMirror:
+    """The ``DescriptorStore.listener`` that writes descriptors through, like
+    ``_RecordMirror``: an upsert committed per accepted put (the row keeps its rowid,
+    hence its slot order), deletions joining the next commit."""
+
+    __slots__ = ("db", "offset")
+
+    def __init__(self, db: "NodeDatabase", offset: float) -> None:
+        self.db = db
+        self.offset = offset
+
+    def descriptor_stored(self, index: bytes, period_public_key: bytes, data: bytes, period: int,
+                          now: float) -> None:
+        conn = self.db._conn
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            conn.execute("INSERT INTO descriptors VALUES (?,?,?,?,?) ON CONFLICT (idx, period_pk) DO UPDATE "
+                         "SET period = excluded.period, data = excluded.data, stored_at = excluded.stored_at",
+                         (index, period_public_key, period, data, now + self.offset))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db._rollback()
+            raise DescriptorNotSaved(f"could not save the descriptor: {_one_line(exc)}") from None
+
+    def descriptors_removed(self, index: bytes) -> None:
+        conn = self.db._conn
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            conn.execute("DELETE FROM descriptors WHERE idx = ?", (index,))
+        except sqlite3.Error:
+            self.db._rollback()  # not fatal: loading drops expired rows again
+
+
 class _AddressTable:
     """The published-address table; shared by ``NodeDatabase`` and ``AddressBook``
     (subclasses set ``path``, ``_conn`` and ``max_addresses``)."""
@@ -332,6 +389,7 @@ class NodeDatabase(_AddressTable):
         self._wall = wall
         self.max_addresses = max_addresses
         self._store: Optional[RecordStore] = None
+        self._dark: Optional[DescriptorStore] = None
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -389,7 +447,7 @@ class NodeDatabase(_AddressTable):
         elif version > SCHEMA_VERSION:
             raise NewerSchema(f"{path}: schema version {version} is newer than this qudag's "
                               f"({SCHEMA_VERSION}); upgrade qudag to open it")
-        elif version < 1 or not _TABLES <= tables:
+        elif version < 1 or not (_TABLES if version >= 2 else _TABLES_V1) <= tables:
             raise CorruptDatabase(f"{path}: qudag database with missing tables or version "
                                   f"{version}; restore it from a backup or move it away "
                                   "(it was not modified)")
@@ -405,6 +463,8 @@ class NodeDatabase(_AddressTable):
         if mode != "wal":
             raise CorruptDatabase(f"{path}: cannot switch to WAL mode ({mode})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        if not fresh and version < SCHEMA_VERSION:
+            NodeDatabase._migrate(conn, path)
         if fresh:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -420,8 +480,28 @@ class NodeDatabase(_AddressTable):
                     conn.execute("ROLLBACK")
                 raise
 
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, path: str) -> None:
+        """Bring an older schema forward in one transaction: all steps or none (a
+        failure leaves the file at its old version, and is reported)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # read again under the write lock: another process may have migrated it
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version < SCHEMA_VERSION:
+                for stmt in _MIGRATIONS[version]:
+                    conn.execute(stmt)
+                version += 1
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("%s: schema migrated to version %d", path, SCHEMA_VERSION)
+
     def close(self) -> None:
-        """Commit pending deletions, detach from the store and close the file."""
+        """Commit pending deletions, detach from the stores and close the file."""
         if self._conn is None:
             return
         try:
@@ -429,7 +509,10 @@ class NodeDatabase(_AddressTable):
         finally:
             if self._store is not None and isinstance(self._store.listener, _RecordMirror):
                 self._store.listener = None
+            if self._dark is not None and isinstance(self._dark.listener, _DescriptorMirror):
+                self._dark.listener = None
             self._store = None
+            self._dark = None
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
             os.close(self._fd)
@@ -572,6 +655,47 @@ class NodeDatabase(_AddressTable):
 
     def record_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    # ---- dark descriptors stored for other nodes ---------------------------------------
+    def attach_descriptors(self, store: DescriptorStore, now: float) -> int:
+        """Load the saved descriptors into ``store`` and write its changes through
+        (committed before ``put`` returns; a failed commit refuses the put with
+        ``PutStatus.NOT_SAVED``).  ``now`` is the store's clock, Unix time
+        (``DescriptorServer.clock``).  Every row goes through ``store.restore``, which
+        re-verifies its signature: expired rows are deleted quietly; malformed, tampered
+        or over-the-bounds rows are deleted with a warning.  Descriptors the store held
+        before it was attached are saved.  Returns how many descriptors were loaded."""
+        loaded, dropped = 0, []
+        for rowid, idx, pk, period, data in self._conn.execute(
+                "SELECT rowid, idx, period_pk, period, data FROM descriptors ORDER BY rowid").fetchall():
+            status: Optional[PutStatus] = None  # None: a malformed row
+            try:
+                d = OuterDescriptor.from_bytes(data) if isinstance(data, bytes) else None
+            except DescriptorError:
+                d = None
+            # the key columns must be the descriptor's own (a row edited by hand is not ours)
+            if d is not None and (d.index, d.period_public_key, d.period) == (idx, pk, period):
+                status = store.restore(data, now)
+                if status.accepted:
+                    loaded += 1
+                    continue
+            if status is not PutStatus.STALE_PERIOD and status is not PutStatus.ROLLBACK:
+                # (STALE_PERIOD: expired; ROLLBACK: the store holds it already)
+                log.warning("%s: dropping a saved dark descriptor (%s)", self.path,
+                            "malformed row" if status is None else status.value)
+            dropped.append((rowid,))
+        mirror = _DescriptorMirror(self, self._wall() - now)
+        with self._tx():
+            self._conn.executemany("DELETE FROM descriptors WHERE rowid = ?", dropped)
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO descriptors VALUES (?,?,?,?,?)",
+                [(i, pk, p, d, now + mirror.offset) for i, pk, d, p in store.entries()])
+        store.listener = mirror
+        self._dark = store
+        return loaded
+
+    def descriptor_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM descriptors").fetchone()[0]
 
 
 class AddressBook(_AddressTable):
