@@ -620,10 +620,11 @@ class NodeDatabase(_AddressTable):
         ttl = store.config.ttl
         loaded = 0
         refused = []
+        # (deleted by rowid: a tampered row's target may be NULL, which ``target = ?`` never matches)
         for row in self._conn.execute(
-                "SELECT target, kind, value, seq, pubkey, salt, signature, stored_at, local, source_ip "
+                "SELECT rowid, target, kind, value, seq, pubkey, salt, signature, stored_at, local, source_ip "
                 "FROM records ORDER BY stored_at"):
-            target, kind, value, seq, pubkey, salt, sig, stored_at, local, source = row
+            rowid, target, kind, value, seq, pubkey, salt, sig, stored_at, local, source = row
             try:
                 if not (isinstance(target, bytes) and len(target) == 20 and _is_time(stored_at)
                         and stored_at is not None and (seq is None or isinstance(seq, int))
@@ -638,14 +639,14 @@ class NodeDatabase(_AddressTable):
             if ok:
                 loaded += 1
             else:
-                refused.append((target,))
+                refused.append((rowid,))
         mirror = _RecordMirror(self, off, ttl)
         with self._tx():
-            self._conn.executemany("DELETE FROM records WHERE target = ?", refused)
+            self._conn.executemany("DELETE FROM records WHERE rowid = ?", refused)
             # rows evicted from memory while loading
             present = {r.target for r in store.records()}
-            gone = [(t,) for (t,) in self._conn.execute("SELECT target FROM records") if t not in present]
-            self._conn.executemany("DELETE FROM records WHERE target = ?", gone)
+            gone = [(r,) for (r, t) in self._conn.execute("SELECT rowid, target FROM records") if t not in present]
+            self._conn.executemany("DELETE FROM records WHERE rowid = ?", gone)
             # records the store held before it was attached (e.g. our own early puts)
             self._conn.executemany("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                    [mirror.row(*e) for e in store.entries()])

@@ -335,3 +335,20 @@ def test_address_table_untouched_by_descriptors(tmp_path):
         db.attach_descriptors(store, NOW)
         store.put(DESC[0], NOW)
         assert [a.address for a in db.addresses()] == ["a.dark"] and db.descriptor_count() == 1
+
+
+def test_record_row_with_null_key_is_deleted_on_load(tmp_path):
+    """Regression (found by test_persist.py's tampered-rows property): SQLite lets a
+    rowid table's primary key be NULL (a NaN bound from Python becomes NULL), and
+    ``DELETE ... WHERE target = NULL`` matches nothing; refused rows go by rowid."""
+    path = tmp_path / "node.db"
+    NodeDatabase.open(path).close()
+    c = sqlite3.connect(path)
+    c.execute("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+              (float("nan"), 0, 0, None, 0, 0, 0, 0, None, 0, None))
+    c.commit()
+    assert c.execute("SELECT count(*) FROM records WHERE target IS NULL").fetchone()[0] == 1
+    c.close()
+    with NodeDatabase.open(path) as db:
+        assert db.attach_store(RecordStore(), 0.0) == 0
+        assert db.record_count() == 0
