@@ -169,10 +169,11 @@ async def _run_node(settings: NodeSettings, identity: Identity) -> int:
 
     def save_state(_snapshot: dict) -> str:
         db.save(holder["node"].dht.core, loop.time())
-        return f"{db_path} (routing table, reputation; records are written through)"
+        return f"{db_path} (routing table, reputation; records and dark descriptors are written through)"
 
     try:
-        node = await Node.start(identity, settings, on_message=on_message, save_hooks=[save_state])
+        node = await Node.start(identity, settings, on_message=on_message, save_hooks=[save_state],
+                                database=db)
     except BaseException:
         db.close()
         raise
