@@ -561,25 +561,42 @@ def test_read_only_querier_answered_but_not_pinged_nor_inserted():
     assert any(isinstance(M.parse_message(d), M.Ping) for d, _ in n.datagrams_to_send(0.0))
 
 
+class LoggingNet(Net):
+    """``Net`` that also records, parsed, what one address sends and receives."""
+
+    watch = None
+
+    def log_for(self, addr):
+        self.watch, self.received, self.sent = addr, [], []
+        return self.received, self.sent
+
+    def deliver(self, max_rounds: int = 100000) -> int:
+        moved = 0
+        for _ in range(max_rounds):
+            batch = [(src, data, dst) for src, node in self.nodes.items()
+                     for data, dst in node.datagrams_to_send(self.now)]
+            if not batch:
+                break
+            for src, data, dst in batch:
+                moved += 1
+                if src == self.watch:
+                    self.sent.append(M.parse_message(data))
+                if dst in self.dead or src in self.dead or dst not in self.nodes:
+                    continue
+                if dst == self.watch:
+                    self.received.append(M.parse_message(data))
+                self.nodes[dst].receive_datagram(data, src, self.now)
+        self.collect()
+        return moved
+
+
 def test_read_only_node_uses_the_network_and_leaves_no_trace():
-    net = Net(20, seed=b"ro")
+    net = LoggingNet(20, seed=b"ro")
     net.bootstrap_all()
     ro_addr = ("127.0.0.1", 11000)
     ro = KrpcNode(net.rng(20), rng=Rng(b"ro-node"), now=net.now, config=RO_CFG)
     net.nodes[ro_addr], net.events[ro_addr] = ro, []
-    received, sent = [], []
-    inner_recv, inner_send = ro.receive_datagram, ro.datagrams_to_send
-
-    def recv(data, addr, now):
-        received.append(M.parse_message(data))
-        inner_recv(data, addr, now)
-
-    def send(now):
-        out = inner_send(now)
-        sent.extend(M.parse_message(d) for d, _ in out)
-        return out
-
-    ro.receive_datagram, ro.datagrams_to_send = recv, send
+    received, sent = net.log_for(ro_addr)
     ro.bootstrap(net.now, (net.addrs()[0],))
     net.run(3.0)
     assert any(isinstance(e, BootstrapDone) for e in net.events[ro_addr])
