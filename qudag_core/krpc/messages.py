@@ -841,7 +841,7 @@ def _from_dict(msg: Any) -> Message:
         # stray ``ro`` must not turn a well-formed query into a 203.  Responses and
         # errors carry no flag (BEP 43 speaks of queries only).
         ro = msg.get(b"ro")
-        common["read_only"] = type(ro) is int and ro == 1
+        common["read_only"] = ro is not None and type(ro) is int and ro == 1
         parse = _QUERIES.get(method)
         if parse is None:
             node_id = a.get(b"id")
