@@ -404,30 +404,16 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- dht
 async def start_read_only_dht(bind: str, bootstrap: list) -> Any:
-    """A short-lived DHT node that asks but never answers (BEP 43's read-only behaviour,
-    done in the adapter: incoming KRPC queries are dropped).  The nodes it asks ping an
-    unknown querier before adding it to their routing tables; unanswered, the ping keeps
-    it out, so it leaves no dead contact behind that later lookups would wait out (a
-    query timeout, 2-3 s, per lookup that meets it).  Bootstrap is not awaited."""
-    from qudag_core.krpc import bencode
-    from qudag_core.krpc.errors import BencodeError
+    """A short-lived DHT node that asks but never answers: a BEP 43 read-only node
+    (``NodeConfig(read_only=True)``).  Its queries carry ``ro`` = 1, so the nodes it asks
+    answer without adding it to their routing tables or pinging it: it leaves no dead
+    contact behind that later lookups would wait out (a query timeout, 2-3 s, per lookup
+    that meets it).  Incoming queries are dropped by the core.  Bootstrap is not awaited."""
+    from qudag_core.krpc.node import NodeConfig
     from qudag_io.dht import DhtNode
 
-    dht = await DhtNode.start(bind, 0, bootstrap=bootstrap, wait_bootstrap=False)
-    protocol = dht._transport.get_protocol()
-    inner = protocol.datagram_received
-
-    def datagram_received(data: bytes, addr: Any) -> None:
-        try:
-            msg = bencode.decode(data, 2048)
-        except (BencodeError, ValueError):
-            msg = None
-        if isinstance(msg, dict) and msg.get(b"y") == b"q":
-            return  # a query to us: read-only, never answered
-        inner(data, addr)
-
-    protocol.datagram_received = datagram_received
-    return dht
+    return await DhtNode.start(bind, 0, bootstrap=bootstrap, config=NodeConfig(read_only=True),
+                               wait_bootstrap=False)
 
 
 async def _dht(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Typed KRPC messages: BEP 5 (DHT), BEP 32 (``nodes6``), BEP 42 (``ip``), BEP 44 (get/put
-of immutable and mutable items) and qudag's ``qd_get``/``qd_put`` for ML-DSA-signed records.
+"""Typed KRPC messages: BEP 5 (DHT), BEP 32 (``nodes6``), BEP 42 (``ip``), BEP 43 (``ro``:
+read-only nodes), BEP 44 (get/put of immutable and mutable items) and qudag's
+``qd_get``/``qd_put`` for ML-DSA-signed records.
 
 ``parse_message(data)`` returns a ``Query`` subclass, a ``Response`` or an ``Error``, or
 raises ``KrpcError`` (``BencodeError`` is one) whose ``error_code`` is what the node
@@ -353,6 +354,9 @@ class Query(Message):
 
     node_id: bytes
     """``a.id``: the querying node's 20-byte id."""
+    read_only: bool = False
+    """``ro`` = 1 (BEP 43): the sender is a read-only node; do not add it to the routing
+    table (nor ping it), just answer."""
 
     METHOD: ClassVar[bytes] = b""
     CHANNEL_ONLY: ClassVar[bool] = False
@@ -363,7 +367,10 @@ class Query(Message):
     def _to_dict(self) -> dict:
         args = self._args()
         args[b"id"] = self.node_id
-        return self._top({b"y": b"q", b"q": self.METHOD, b"a": args})
+        d = {b"y": b"q", b"q": self.METHOD, b"a": args}
+        if self.read_only:
+            d[b"ro"] = 1
+        return self._top(d)
 
     def channel_only(self) -> bool:
         return self.CHANNEL_ONLY
@@ -543,10 +550,15 @@ class UnknownQuery(Message):
     """``q`` as received."""
     node_id: Optional[bytes] = None
     """``a.id`` if it was present and well formed."""
+    read_only: bool = False
+    """``ro`` = 1 (BEP 43), as on ``Query``."""
 
     def _to_dict(self) -> dict:
         args = {} if self.node_id is None else {b"id": self.node_id}
-        return self._top({b"y": b"q", b"q": self.method, b"a": args})
+        d = {b"y": b"q", b"q": self.method, b"a": args}
+        if self.read_only:
+            d[b"ro"] = 1
+        return self._top(d)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -652,21 +664,22 @@ class Error(Message):
 
 # The lookup queries every node answers (ping, find_node, get_peers) are built slot by
 # slot like replies (``_build``); field order: transaction_id, client_version, ip,
-# node_id, then the method's own.
+# node_id, read_only, then the method's own.
 
 
 def _q_ping(common: dict, a: dict, tid: bytes) -> Query:
-    return _build(Ping, (tid, common.get("client_version"), common.get("ip"), common["node_id"]))
+    return _build(Ping, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
+                         common["read_only"]))
 
 
 def _q_find_node(common: dict, a: dict, tid: bytes) -> Query:
     return _build(FindNode, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
-                             _get_bytes(a, b"target", tid, ID_LEN, ID_LEN)))
+                             common["read_only"], _get_bytes(a, b"target", tid, ID_LEN, ID_LEN)))
 
 
 def _q_get_peers(common: dict, a: dict, tid: bytes) -> Query:
     return _build(GetPeers, (tid, common.get("client_version"), common.get("ip"), common["node_id"],
-                             _get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN)))
+                             common["read_only"], _get_bytes(a, b"info_hash", tid, ID_LEN, ID_LEN)))
 
 
 def _q_announce_peer(common: dict, a: dict, tid: bytes) -> Query:
@@ -821,6 +834,14 @@ def _from_dict(msg: Any) -> Message:
     if y == b"q":
         method = _get_bytes(msg, b"q", tid, 1, METHOD_MAX)
         a = _get_dict(msg, b"a", tid)
+        # BEP 43 "Read-Only State": a read-only node sends ``ro`` = 1 ("2:roi1e") in the
+        # top-level dictionary of its queries, and receivers "inspect incoming queries for
+        # the 'ro' flag set to 1".  Any other value or type is not that flag and, like
+        # every unknown key (BEP 5 "KRPC Protocol"), is ignored rather than refused: a
+        # stray ``ro`` must not turn a well-formed query into a 203.  Responses and
+        # errors carry no flag (BEP 43 speaks of queries only).
+        ro = msg.get(b"ro")
+        common["read_only"] = ro is not None and type(ro) is int and ro == 1
         parse = _QUERIES.get(method)
         if parse is None:
             node_id = a.get(b"id")

@@ -18,7 +18,7 @@ cdef class KrpcNode:
     cdef public list _heap, _out, _events, _bootstrap_addrs
     cdef public set _new_pings, _bootstrap_ops
     cdef public Py_ssize_t _next_op, _tid_at
-    cdef public bint _bootstrapping
+    cdef public bint _bootstrapping, _read_only
     cdef object __weakref__
 
     cdef object _receive(self, data, addr, now, bint datagram)

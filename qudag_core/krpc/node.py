@@ -1,6 +1,6 @@
 """Sans-IO KRPC/Kademlia node: BEP 5 (ping, find_node, get_peers, announce_peer), BEP 42
-(node-id checks), BEP 44 (get/put of immutable and mutable items) and qudag's
-``qd_get``/``qd_put`` over authenticated links.
+(node-id checks), BEP 43 (read-only nodes, both sides), BEP 44 (get/put of immutable and
+mutable items) and qudag's ``qd_get``/``qd_put`` over authenticated links.
 
 Driving API (STYLE.md §1, datagram cores)::
 
@@ -20,7 +20,9 @@ in the table it is pinged (bounded: ``max_new_node_pings`` in flight); only its 
 from the address it queried from and with the id it claimed, inserts it.  Replies are
 trusted only when their transaction id is one we issued, they come from the address we
 sent to, they do not claim our own id and carry the id we queried (when we knew it);
-anything else is dropped without blaming anyone but the node we queried.
+anything else is dropped without blaming anyone but the node we queried.  A querier that
+says it is read-only (BEP 43 ``ro`` = 1) is answered but never pinged nor inserted; with
+``NodeConfig.read_only`` we are that node ourselves.
 
 Every incoming datagram ends in one of: a reply, a KRPC error reply (203 malformed,
 204 unknown method, BEP 44 store errors), or a drop.  Nothing else escapes
@@ -110,6 +112,11 @@ class NodeConfig:
     maintenance_interval: float = 5.0
     """How often bucket refreshes, republishing and expiry are checked.  A fixed tick
     keeps ``get_timer`` O(1) instead of scanning the store on every datagram."""
+    read_only: bool = False
+    """BEP 43 read-only node: every query we send carries ``ro`` = 1 (other nodes then
+    answer without adding us to their tables or pinging us) and incoming queries are
+    dropped unanswered (``stats["dropped_read_only"]``).  For short-lived and
+    unreachable nodes: they can bootstrap, look up, get and put, but serve nothing."""
 
 
 def _compact_ip(host: str) -> Optional[bytes]:
@@ -215,8 +222,9 @@ class KrpcNode:
         self._bootstrapping = False
         self._maintenance_at = now + self.config.maintenance_interval
         self._now = now  # time of the latest call into the core (bootstrap lookups start then)
+        self._read_only = bool(cfg.read_only)
         self.stats = {"received": 0, "dropped": 0, "errors_sent": 0, "queries_answered": 0,
-                      "sent": 0, "timeouts": 0}
+                      "sent": 0, "timeouts": 0, "dropped_read_only": 0, "read_only_queriers": 0}
 
     # ---- driving API ---------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
@@ -402,6 +410,10 @@ class KrpcNode:
                 del self._pending[tid]
                 self._on_failure(p, now, timeout=False)
                 return None
+            if self._read_only:  # BEP 43: we answer nothing, malformed queries included
+                self.stats["dropped"] += 1
+                self.stats["dropped_read_only"] += 1
+                return None
             return self._error(tid, exc.error_code, str(exc))
         if isinstance(msg, _Response):
             self._on_response(msg, addr, now)
@@ -413,6 +425,12 @@ class KrpcNode:
                 self._on_failure(p, now, timeout=False, remote_error=True)
             else:
                 self.stats["dropped"] += 1
+            return None
+        if self._read_only:
+            # BEP 43 "Read-Only State": a read-only node "no longer responds to 'query'
+            # messages"; responses and errors were handled above.
+            self.stats["dropped"] += 1
+            self.stats["dropped_read_only"] += 1
             return None
         if isinstance(msg, _UnknownQuery):
             return self._error(msg.transaction_id, KrpcErrorCode.METHOD_UNKNOWN, "method unknown")
@@ -432,7 +450,12 @@ class KrpcNode:
             return self._error(msg.transaction_id, exc.error_code, str(exc))
         except StoreError as exc:
             return self._error(msg.transaction_id, exc.error_code or KrpcErrorCode.GENERIC, str(exc))
-        self._note_querier(msg.node_id, addr, now)
+        if msg.read_only:
+            # BEP 43: answer a read-only querier "as usual" but do not add it to the
+            # routing table; so no newcomer ping either (it would not answer).
+            self.stats["read_only_queriers"] += 1
+        else:
+            self._note_querier(msg.node_id, addr, now)
         self.stats["queries_answered"] += 1
         data = _encode(resp)
         if datagram and len(data) > _BUDGET:
@@ -746,6 +769,8 @@ class KrpcNode:
         try:
             d = q._to_dict()
             d[b"v"] = self.config.client_version
+            if self._read_only:
+                d[b"ro"] = 1  # BEP 43
             d[b"t"] = b"\x00\x00\x00\x00"
             a = M.bencode.encode(d)
             d[b"t"] = b"\xff\xff\xff\xff"
@@ -777,6 +802,8 @@ class KrpcNode:
                 d = q._to_dict()
                 d[b"t"] = tid
                 d[b"v"] = self.config.client_version
+                if self._read_only:
+                    d[b"ro"] = 1  # BEP 43: on every query we send
                 data = M.bencode.encode(d)
                 if len(data) > M.DATAGRAM_BUDGET or q.channel_only():
                     raise LocalProtocolError("query does not fit a datagram")

@@ -58,7 +58,7 @@ def main():
         "alert_mask": lt.alert.category_t.dht_notification | lt.alert.category_t.dht_operation_notification
                       | lt.alert.category_t.dht_log_notification | lt.alert.category_t.error_notification,
     })
-    methods = {"in": {}, "out": {}}
+    methods = {"in": {}, "out": {}, "in_ro": {}}
     own_id = [None]  # learnt from our own outgoing queries (the bindings do not expose it)
     pending = []
 
@@ -75,6 +75,8 @@ def main():
                         # own queries carry its "LT.." client version, ours "QD.."
                         direction = "out" if d.get(b"v", b"").startswith(b"LT") else "in"
                         methods[direction][m] = methods[direction].get(m, 0) + 1
+                        if direction == "in" and d.get(b"ro") == 1:  # BEP 43 read-only querier
+                            methods["in_ro"][m] = methods["in_ro"].get(m, 0) + 1
                         args = d.get(b"a")
                         if direction == "out" and isinstance(args, dict) and len(args.get(b"id", b"")) == 20:
                             own_id[0] = args[b"id"]

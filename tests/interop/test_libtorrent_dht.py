@@ -3,7 +3,8 @@
 
 libtorrent bootstraps from our nodes and one of ours bootstraps from libtorrent only;
 then get_peers, announce_peer and BEP 44 immutable and mutable put/get succeed in both
-directions, and ping/find_node from us to libtorrent.  The other direction of ping and
+directions, and ping/find_node from us to libtorrent.  BEP 43: libtorrent answers a
+read-only node of ours but keeps it out of its table (a normal node is the control).  The other direction of ping and
 find_node cannot be driven: libtorrent 2.0.8's Python bindings have no
 ``dht_direct_request``, and libtorrent 2.0 itself bootstraps and refreshes with
 ``get_peers`` (``node::send_single_refresh`` pings only nodes of full buckets and never
@@ -209,3 +210,43 @@ def test_libtorrent_interop():
                 await lt.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_libtorrent_answers_a_read_only_node_and_keeps_it_out_of_its_table():
+    """BEP 43 against libtorrent 2.0.8 (which implements it): the queries of a read-only
+    node of ours carry ro = 1, libtorrent answers them, and it does not add the node to
+    its routing table nor query it; a normal node doing the same is added (the control)."""
+    async def main():
+        ours = []
+        lt = None
+        try:
+            lt = await LtSession.start(free_port())
+            ro = await DhtNode.start("127.0.0.1", 0, bootstrap=[lt.address], wait_bootstrap=False,
+                                     config=NodeConfig(query_timeout=1.0, read_only=True))
+            ours.append(ro)
+            normal = await DhtNode.start("127.0.0.1", 0, bootstrap=[lt.address], wait_bootstrap=False, config=CFG)
+            ours.append(normal)
+            for nd in ours:  # answered: libtorrent services read-only queriers "as usual"
+                pr = await nd.ping(lt.address)
+                await nd.find_node(os.urandom(20))
+                await nd.get(os.urandom(20))
+            lt_id = pr.node_id
+            assert ro.core.table.get(lt_id) is not None  # it learnt libtorrent from the answers
+
+            async def lt_has_normal():
+                r = await lt.call("live_nodes", timeout=1)
+                return normal.address[1] in {n[2] for n in r["nodes"]}
+
+            assert await wait_until(lt_has_normal, 15), "control: libtorrent did not add a normal querier"
+            r = await lt.call("live_nodes", timeout=1)
+            assert ro.address[1] not in {n[2] for n in r["nodes"]}
+            m = (await lt.call("methods"))["methods"]
+            assert sum(m["in_ro"].values()) >= 3, m  # our flag reached it
+            assert ro.core.stats["dropped_read_only"] == 0  # libtorrent never queried it (no ping)
+        finally:
+            for nd in ours:
+                await nd.close()
+            if lt is not None:
+                await lt.close()
+
+    asyncio.run(asyncio.wait_for(main(), 90))

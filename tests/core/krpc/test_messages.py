@@ -123,6 +123,50 @@ def test_unknown_method_and_unknown_keys():
     assert p.encode() == b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"
 
 
+# ---- BEP 43 "Read-Only State" -------------------------------------------------------
+
+def test_bep43_read_only_flag():
+    # BEP 43 "Read-Only State": the read-only node puts 'ro' = 1 in the top-level dictionary
+    # of each query, "This will appear in the request as '2:roi1e'".  The BEP has no full
+    # example packet; this is BEP 5's ping example with that key in its sorted place.
+    data = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:roi1e1:t2:aa1:y1:qe"
+    q = roundtrip(data)
+    assert q == m.Ping(transaction_id=b"aa", node_id=b"abcdefghij0123456789", read_only=True)
+    assert b"2:roi1e" in q.encode()
+    # without the flag the BEP 5 packet is unchanged
+    assert m.Ping(transaction_id=b"aa", node_id=b"abcdefghij0123456789").encode() == data.replace(b"2:roi1e", b"")
+    # the slot-by-slot lookup queries and the keyword-built ones carry it alike
+    for q in (m.FindNode(transaction_id=b"f", node_id=b"i" * 20, target=b"t" * 20, read_only=True),
+              m.GetPeers(transaction_id=b"g", node_id=b"i" * 20, info_hash=b"h" * 20, read_only=True),
+              m.Get(transaction_id=b"g", node_id=b"i" * 20, target=b"t" * 20, read_only=True),
+              m.Put(transaction_id=b"p", node_id=b"i" * 20, token=b"x", value=b"1:v", read_only=True),
+              m.AnnouncePeer(transaction_id=b"a", node_id=b"i" * 20, info_hash=b"h" * 20, port=1,
+                             token=b"x", read_only=True),
+              m.UnknownQuery(transaction_id=b"u", method=b"frob", node_id=b"i" * 20, read_only=True)):
+        parsed = roundtrip(q.encode())
+        assert parsed == q and parsed.read_only is True
+        assert parsed.encode() == q.encode() and b"2:roi1e" in parsed.encode()
+
+
+@pytest.mark.parametrize("ro", [b"i0e", b"i2e", b"i-1e", b"1:1", b"le", b"de"])
+def test_bep43_other_ro_values_are_ignored(ro):
+    # Only 'ro' set to 1 is the flag (BEP 43: "inspect incoming queries for the 'ro' flag
+    # set to 1"); anything else is an unknown value, ignored like unknown keys (BEP 5)
+    # and not re-emitted, never a 203.
+    data = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:ro" + ro + b"1:t2:aa1:y1:qe"
+    q = m.parse_message(data)
+    assert q == m.Ping(transaction_id=b"aa", node_id=b"abcdefghij0123456789") and q.read_only is False
+    assert q.encode() == b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"
+
+
+def test_bep43_ro_on_responses_and_errors_is_ignored():
+    # BEP 43 defines 'ro' for queries only; on other messages it is an unknown key.
+    r = m.parse_message(b"d1:rd2:id20:mnopqrstuvwxyz123456e2:roi1e1:t2:aa1:y1:re")
+    assert r == m.Response(transaction_id=b"aa", node_id=b"mnopqrstuvwxyz123456")
+    e = m.parse_message(b"d1:eli201e1:xe2:roi1e1:t2:aa1:y1:ee")
+    assert e == m.Error(transaction_id=b"aa", code=201, message=b"x")
+
+
 BAD = [
     (b"le", 203, None),
     (b"d1:y1:qe", 203, None),                                   # no t
@@ -367,7 +411,7 @@ addrs = st.none() | st.builds(m.PeerAddr, ip=ip4 | ip6, port=ports)
 small_values = st.recursive(st.integers(-5, 10**6) | st.binary(max_size=12),
                             lambda c: st.lists(c, max_size=3) | st.dictionaries(st.binary(max_size=4), c, max_size=3),
                             max_leaves=6).map(bc.encode)
-common = dict(transaction_id=tids, client_version=versions, ip=addrs, node_id=ids)
+common = dict(transaction_id=tids, client_version=versions, ip=addrs, node_id=ids, read_only=st.booleans())
 
 typed_messages = st.one_of(
     st.builds(m.Ping, **common),
@@ -398,7 +442,7 @@ def test_typed_roundtrip(msg):
 
 KEYS = [b"t", b"y", b"q", b"a", b"r", b"e", b"v", b"ip", b"id", b"target", b"info_hash", b"port", b"token",
         b"implied_port", b"nodes", b"nodes6", b"values", b"seq", b"sig", b"k", b"salt", b"cas", b"rt", b"rev",
-        b"rec", b"x"]
+        b"rec", b"ro", b"x"]
 LEAVES = [b"q", b"r", b"e", b"ping", b"find_node", b"get_peers", b"announce_peer", b"get", b"put", b"qd_get",
           b"qd_put", b"aa", b"", b"i" * 20, b"n" * 19, b"n" * 26, b"n" * 38, b"\x01\x02\x03\x04\x00\x00",
           b"\x01\x02\x03\x04\x1a\xe1", b"x" * 64, b"x" * 65, b"k" * 32, b"s" * 64, b"12:Hello World!",
@@ -455,6 +499,7 @@ GOLDEN = [
     b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
     b"d1:rd2:id20:0123456789abcdefghij5:nodes26:" + bytes(range(1, 27)) + b"e1:t2:aa1:y1:re",
     b"d1:ad2:id20:" + b"i" * 20 + b"5:token3:tok1:v12:Hello World!e1:q3:put1:t2:aa1:y1:qe",
+    b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node2:roi1e1:t2:aa1:y1:qe",
 ]
 
 
@@ -509,6 +554,9 @@ def test_parsed_response_and_nodes_are_ordinary_objects():
     m.FindNode(transaction_id=b"f", client_version=b"UT\x01\x02", node_id=b"i" * 20, target=b"t" * 20),
     m.GetPeers(transaction_id=b"g", node_id=b"i" * 20, info_hash=b"h" * 20,
                ip=m.PeerAddr(ip=bytes(16), port=1)),
+    m.Ping(transaction_id=b"p", node_id=b"i" * 20, read_only=True),
+    m.FindNode(transaction_id=b"f", node_id=b"i" * 20, target=b"t" * 20, read_only=True),
+    m.GetPeers(transaction_id=b"g", node_id=b"i" * 20, info_hash=b"h" * 20, read_only=True),
 ])
 def test_parsed_lookup_queries_are_ordinary_objects(query):
     import dataclasses

@@ -507,3 +507,133 @@ def test_lookup_considers_only_the_capped_part_of_a_long_reply():
                                           node_id=next(x.node_id for x in listed
                                                        if ("10.2.%d.1" % x.ip[2], 6881) == a2)).encode(), a2, 0.2)
     assert asked and asked <= allowed
+
+
+# ---- BEP 43 read-only nodes -----------------------------------------------------------
+
+RO_CFG = NodeConfig(query_timeout=1.0, read_only=True,
+                    routing=RoutingConfig(k=8, diversity=DiversityConfig(enabled=False)))
+
+
+def test_read_only_node_flags_its_queries_and_answers_nothing():
+    # BEP 43 "Read-Only State": 'ro' = 1 on each outgoing query; no reply to any query.
+    n = fresh(read_only=True)
+    n.ping(("127.0.0.5", 5000), 0.0)
+    [(data, _)] = n.datagrams_to_send(0.0)
+    q = M.parse_message(data)
+    assert isinstance(q, M.Ping) and q.read_only and b"2:roi1e" in data
+    for bad in (M.Ping(transaction_id=b"aa", node_id=OTHER).encode(),
+                M.FindNode(transaction_id=b"ab", node_id=OTHER, target=OTHER).encode(),
+                b"d1:ad2:id20:" + OTHER + b"e1:q6:frobne1:t2:xy1:y1:qe",       # unknown method: no 204
+                b"d1:ad2:id20:" + OTHER + b"e1:q9:find_node1:t2:zz1:y1:qe"):   # malformed: no 203
+        n.receive_datagram(bad, ("127.0.0.9", 4000), 0.0)
+        assert n.datagrams_to_send(0.0) == []
+    assert n.stats["dropped_read_only"] == 4 and n.stats["queries_answered"] == 0
+    assert OTHER not in n.table and len(n.table) == 0
+    # over a link too: nothing answered
+    assert n.receive_link_message(M.Ping(transaction_id=b"l", node_id=OTHER).encode(), ("127.0.0.9", 4000), 0.0) is None
+    # its lookup queries (the encoded-once template) carry the flag as well
+    n.table.add_or_update(b"\x77" * 20, ("127.0.0.5", 5000), 0.0, responded=True)
+    n.find_node(b"\x00" * 20, 0.0)
+    [(data, _)] = n.datagrams_to_send(0.0)
+    fq = M.parse_message(data)
+    assert isinstance(fq, M.FindNode) and fq.read_only and fq.client_version == b"QD\x00\x01"
+
+
+def test_read_only_querier_answered_but_not_pinged_nor_inserted():
+    # BEP 43: a query with 'ro' = 1 is serviced as usual, the sender kept out of the table.
+    n = fresh()
+    src = ("127.0.0.9", 4000)
+    n.receive_datagram(M.Ping(transaction_id=b"a", node_id=OTHER, read_only=True).encode(), src, 0.0)
+    out = n.datagrams_to_send(0.0)
+    msgs = [M.parse_message(d) for d, a in out]
+    assert len(msgs) == 1 and isinstance(msgs[0], M.Response) and msgs[0].transaction_id == b"a"
+    assert OTHER not in n.table and n.stats["read_only_queriers"] == 1
+    # write tokens still work for it (get_peers -> announce_peer)
+    ih = b"\x22" * 20
+    [r] = query(n, M.GetPeers(transaction_id=b"g", node_id=OTHER, info_hash=ih, read_only=True).encode())
+    [ok] = query(n, M.AnnouncePeer(transaction_id=b"n", node_id=OTHER, info_hash=ih, port=7000, token=r.token,
+                                   read_only=True).encode())
+    assert isinstance(ok, M.Response)
+    assert not any(isinstance(M.parse_message(d), M.Query) for d, _ in n.datagrams_to_send(0.0))
+    # the same id without the flag is pinged as a newcomer, as before
+    n.receive_datagram(M.Ping(transaction_id=b"b", node_id=OTHER).encode(), src, 0.0)
+    assert any(isinstance(M.parse_message(d), M.Ping) for d, _ in n.datagrams_to_send(0.0))
+
+
+class LoggingNet(Net):
+    """``Net`` that also records, parsed, what one address sends and receives."""
+
+    watch = None
+
+    def log_for(self, addr):
+        self.watch, self.received, self.sent = addr, [], []
+        return self.received, self.sent
+
+    def deliver(self, max_rounds: int = 100000) -> int:
+        moved = 0
+        for _ in range(max_rounds):
+            batch = [(src, data, dst) for src, node in self.nodes.items()
+                     for data, dst in node.datagrams_to_send(self.now)]
+            if not batch:
+                break
+            for src, data, dst in batch:
+                moved += 1
+                if src == self.watch:
+                    self.sent.append(M.parse_message(data))
+                if dst in self.dead or src in self.dead or dst not in self.nodes:
+                    continue
+                if dst == self.watch:
+                    self.received.append(M.parse_message(data))
+                self.nodes[dst].receive_datagram(data, src, self.now)
+        self.collect()
+        return moved
+
+
+def test_read_only_node_uses_the_network_and_leaves_no_trace():
+    net = LoggingNet(20, seed=b"ro")
+    net.bootstrap_all()
+    ro_addr = ("127.0.0.1", 11000)
+    ro = KrpcNode(net.rng(20), rng=Rng(b"ro-node"), now=net.now, config=RO_CFG)
+    net.nodes[ro_addr], net.events[ro_addr] = ro, []
+    received, sent = net.log_for(ro_addr)
+    ro.bootstrap(net.now, (net.addrs()[0],))
+    net.run(3.0)
+    assert any(isinstance(e, BootstrapDone) for e in net.events[ro_addr])
+    assert len(ro.table) >= 8  # it learns the network from answers
+    target = net.rng(20)
+    op = ro.find_node(target, net.now)
+    net.run(2.0)
+    truth = sorted((nd.node_id for a, nd in net.nodes.items() if a != ro_addr),
+                   key=lambda i: int.from_bytes(i, "big") ^ int.from_bytes(target, "big"))
+    assert [x[0] for x in net.done(ro_addr, op).result.nodes][:8] == truth[:8]
+    op, tgt = ro.put_immutable(bencode.encode(b"from a read-only node"), net.now)
+    net.run(2.0)
+    assert net.done(ro_addr, op).result.stored >= 6
+    other = net.nodes[net.addrs()[5]]
+    op = other.get(tgt, net.now)
+    net.run(2.0)
+    assert net.done(net.addrs()[5], op).result.value == bencode.encode(b"from a read-only node")
+    op2, tgt2 = other.put_immutable(bencode.encode(b"for the read-only node"), net.now)
+    net.run(2.0)
+    op = ro.get(tgt2, net.now)
+    net.run(2.0)
+    assert net.done(ro_addr, op).result.value == bencode.encode(b"for the read-only node")
+    net.run(10.0)  # past query timeouts and a few maintenance ticks
+    # every query it sent carried ro = 1, and nobody queried it (so nobody pinged it)
+    assert sent and all(m.read_only for m in sent if isinstance(m, M.Query))
+    assert received and not any(isinstance(m, (M.Query, M.UnknownQuery)) for m in received)
+    assert ro.stats["dropped_read_only"] == 0
+    for a, nd in net.nodes.items():
+        if a != ro_addr:
+            assert ro.node_id not in nd.table
+            assert all(n.addr != ro_addr for n in nd.table.closest(ro.node_id, 1000))
+    assert sum(nd.stats["read_only_queriers"] for nd in net.nodes.values()) > 0
+    # normal nodes still learn each other: a newcomer without the flag enters tables
+    new_addr = ("127.0.0.1", 11001)
+    new = KrpcNode(net.rng(20), rng=Rng(b"new-node"), now=net.now, config=LOOP_CFG)
+    net.nodes[new_addr], net.events[new_addr] = new, []
+    new.bootstrap(net.now, (net.addrs()[0],))
+    net.run(3.0)
+    assert sum(new.node_id in nd.table for a, nd in net.nodes.items() if a not in (ro_addr, new_addr)) >= 5
+    assert all(len(nd.table) >= 8 for a, nd in net.nodes.items() if a != ro_addr)
