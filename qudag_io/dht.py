@@ -194,7 +194,8 @@ class DhtNode:
     async def _link_call(self, conn: Any, query: M.Query, timeout: float) -> M.Response:
         """One KRPC query per link message; the reply is matched by transaction id."""
         tid = os.urandom(4)
-        q = dataclasses.replace(query, transaction_id=tid, client_version=self.core.config.client_version)
+        q = dataclasses.replace(query, transaction_id=tid, client_version=self.core.config.client_version,
+                                read_only=self.core.config.read_only)
         await conn.send(q.encode())
 
         async def reply() -> M.Response:

@@ -60,7 +60,6 @@ def main():
     })
     methods = {"in": {}, "out": {}, "in_ro": {}}
     own_id = [None]  # learnt from our own outgoing queries (the bindings do not expose it)
-    pending = []
 
     def pump(timeout, pred):
         end = time.time() + timeout
@@ -81,10 +80,10 @@ def main():
                         if direction == "out" and isinstance(args, dict) and len(args.get(b"id", b"")) == 20:
                             own_id[0] = args[b"id"]
                     continue
-                pending.append(a)
-            for i, a in enumerate(pending):
+                # An alert is valid only until the next pop_alerts() (its C++ object is
+                # freed then; touching it later raised Boost.Python.ArgumentError), so it is
+                # judged now and the rest of the batch is dropped.
                 if pred(a):
-                    del pending[i]
                     return a
         return None
 
