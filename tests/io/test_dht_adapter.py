@@ -110,3 +110,30 @@ def test_timer_rearmed_only_for_an_earlier_deadline(run_loop):
                 await nd.close()
 
     run_loop(main, 30)
+
+
+def test_read_only_node_over_real_sockets_stays_out_of_tables(run_loop):
+    """BEP 43 through the adapter (what `qudag dht` / `qudag resolve` use): a read-only
+    node bootstraps, puts and gets over real UDP, flags every query ro=1, and afterwards
+    no node of the network holds it in its table or has queried it."""
+
+    async def main():
+        nodes = await small_network(5)
+        ro = await DhtNode.start("127.0.9.1", 0, config=NodeConfig(query_timeout=0.5, read_only=True),
+                                 bootstrap=[nodes[0].address])
+        try:
+            await ro.find_node(ro.node_id)
+            v = bencode.encode(b"read-only " + run_loop.kind.encode())
+            target = await ro.put(v)
+            assert (await nodes[3].get(target)).value == v
+            assert (await ro.get(target)).value == v
+            for nd in nodes:
+                assert ro.node_id not in {n.node_id for n in nd.core.table}
+            assert sum(nd.core.stats.get("read_only_queriers", 0) for nd in nodes) > 0
+            assert ro.core.stats["queries_answered"] == 0
+        finally:
+            await ro.close()
+            for nd in nodes:
+                await nd.close()
+
+    run_loop(main, 30)
