@@ -313,11 +313,11 @@ class NodeMetrics:
         self._cells_relayed.inc(_amount(n))
 
     # -- dark-address resolver -----------------------------------------------------
-    def resolver_cache_hit(self) -> None:
-        self._resolver_hits.inc()
+    def resolver_cache_hit(self, n: int = 1) -> None:
+        self._resolver_hits.inc(_amount(n))
 
-    def resolver_cache_miss(self) -> None:
-        self._resolver_misses.inc()
+    def resolver_cache_miss(self, n: int = 1) -> None:
+        self._resolver_misses.inc(_amount(n))
 
     # -- rate limiting -------------------------------------------------------------
     def ratelimit_drop(self, limiter: _Label, n: int = 1) -> None:

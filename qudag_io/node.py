@@ -365,20 +365,14 @@ class Node:
 
     def meter_resolver(self, resolver: Any) -> None:
         """Count the cache hits and misses of a dark-address resolver this node drives
-        (a ``qudag_core.dark.Resolver``, e.g. ``DarkClient.resolver``): every
-        ``resolve()`` call is one, a hit when it answers from the cache."""
-        inner = resolver.resolve
-        metrics = self.metrics
+        (a ``qudag_core.dark.Resolver``, e.g. ``DarkClient.resolver``), read from the
+        resolver's own ``cache_hits`` / ``cache_misses`` at scrape time."""
+        def sync() -> None:
+            key = id(resolver)
+            self.metrics.resolver_cache_hit(self._advance(f"resolver_hits_{key}", resolver.cache_hits))
+            self.metrics.resolver_cache_miss(self._advance(f"resolver_misses_{key}", resolver.cache_misses))
 
-        def resolve(address: Any, now: float) -> list:
-            events = inner(address, now)
-            if any(getattr(ev, "from_cache", False) for ev in events):
-                metrics.resolver_cache_hit()
-            else:
-                metrics.resolver_cache_miss()
-            return events
-
-        resolver.resolve = resolve
+        self._sync_sources.append(sync)
 
     def sync_metrics(self) -> None:
         """Turn the counts other objects keep (DHT rate limiter, link byte counters, the

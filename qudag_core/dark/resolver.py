@@ -166,6 +166,7 @@ class Resolver:
         self._queries: dict = {}  # query_id -> (_Lookup, index, period) | None (dummy)
         self._delayed: list = []  # _Lookup waiting for its fire_at
         self.cache_hits = 0
+        self.cache_misses = 0  # resolve() calls not answered from the cache
         self.signature_checks = 0
 
     # ------------------------------------------------------------------ driving API
@@ -182,6 +183,7 @@ class Resolver:
                     return [Resolved(address=address, endpoint=event.endpoint, from_cache=True)]
                 return [ResolveFailed(address=address, error=event.error, from_cache=True)]
             del self._cache[address]
+        self.cache_misses += 1
         if address in self._lookups:
             return []  # already under way; its result will be reported once
         delay = self.max_delay * int.from_bytes(self.rng(4), "big") / 2**32 if self.max_delay else 0.0

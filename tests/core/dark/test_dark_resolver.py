@@ -71,9 +71,10 @@ def test_cache_hits_and_expiry():
     store = _store(REAL)
     drive(r, store, r.resolve(ADDR, NOW), NOW)
     hit = _one(r.resolve(ADDR, NOW + 599))
-    assert isinstance(hit, Resolved) and hit.from_cache and r.cache_hits == 1
+    assert isinstance(hit, Resolved) and hit.from_cache and r.cache_hits == 1 and r.cache_misses == 1
     fresh = r.resolve(ADDR, NOW + 600)
     assert [type(e) for e in fresh] == [FetchDescriptors]
+    assert r.cache_hits == 1 and r.cache_misses == 2  # an expired entry is a miss
     ev = _one(drive(r, store, fresh, NOW + 600)[0])
     assert isinstance(ev, Resolved) and not ev.from_cache
     # The cache never outlives the descriptor.
