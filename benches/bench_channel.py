@@ -83,3 +83,103 @@ def test_channel_seal_open(benchmark, capsys, size):
     events = benchmark.pedantic(roundtrip, rounds=ROUNDS[size], warmup_rounds=200)
     assert len(events) == 1 and events[0].data == msg
     _report(benchmark, capsys, size)
+
+
+# -- receive side of a bulk stream: frames that straddle socket reads ------------------
+#
+# A 4 MiB stream of max-size DATA frames (64 KiB payload, 65,557 wire bytes each) fed
+# to ``receive_data`` three ways, all in the same session:
+#   * "bare":      cryptography's ChaCha20Poly1305 decrypt of each frame body (nonce and
+#                  aad as the channel uses them) - the floor of any receiver;
+#   * "aligned":   one ``receive_data`` call per whole frame (no reassembly at all);
+#   * "unaligned": 65,536-byte reads, as a socket hands them out: every frame straddles
+#                  two reads, so each call completes a buffered frame first.
+# The unaligned/aligned ratio is the cost of reassembly.
+# Run alone (~2 s):  PYTHONPATH=. python -m pytest benches/bench_channel.py -k stream \
+#                        --benchmark-only -s --benchmark-columns=min,median,mean,rounds
+
+STREAM_BYTES = 4 * 1024 * 1024
+READ_SIZE = 65536
+STREAM_ROUNDS = 30
+_STREAM: dict[str, object] = {}
+
+
+def _bulk_stream():
+    if not _STREAM:
+        k1, k2, sid = os.urandom(32), os.urandom(32), os.urandom(32)
+        tx = SecureChannel(tx_key=k1, rx_key=k2, session_id=sid, now=0.0)
+        size = tx.config.max_frame_size
+        frames = []
+        for _ in range(STREAM_BYTES // size):
+            tx.send_message(os.urandom(size))
+            frames.append(tx.data_to_send())
+        wire = b"".join(frames)
+        _STREAM.update(keys=(k1, k2, sid), frames=frames, wire=wire,
+                       reads=[wire[i : i + READ_SIZE] for i in range(0, len(wire), READ_SIZE)])
+    return _STREAM
+
+
+def _receiver():
+    k1, k2, sid = _bulk_stream()["keys"]
+    return (SecureChannel(tx_key=k2, rx_key=k1, session_id=sid, now=0.0),), {}
+
+
+def _drain(rx, chunks) -> int:
+    got = 0
+    for c in chunks:
+        for e in rx.receive_data(c):
+            got += len(e.data)
+    assert rx.buffered_bytes == 0
+    return got
+
+
+def _report_stream(benchmark, capsys, kind: str) -> None:
+    s = benchmark.stats.stats
+    _RESULTS[(STREAM_BYTES, kind)] = (s.min, s.median)
+    mib = STREAM_BYTES / (1 << 20)
+    line = f"\n[bench_channel] 4 MiB stream, {kind}: {mib / s.min:.0f} MiB/s (min), {mib / s.median:.0f} MiB/s (median)"
+    for peer in ("aligned", "bare"):
+        if peer != kind and (STREAM_BYTES, peer) in _RESULTS:
+            pmin, pmed = _RESULTS[(STREAM_BYTES, peer)]
+            benchmark.extra_info[f"ratio_vs_{peer}_min"] = round(s.min / pmin, 3)
+            benchmark.extra_info[f"ratio_vs_{peer}_median"] = round(s.median / pmed, 3)
+            line += f"; time vs {peer} = {s.min / pmin:.3f} (min), {s.median / pmed:.3f} (median)"
+    benchmark.extra_info.update(compiled=qudag_core.COMPILED, kernel=KERNEL)
+    with capsys.disabled():
+        print(line + f"; compiled={qudag_core.COMPILED} kernel={KERNEL}")
+
+
+def test_stream_receive_bare_aead(benchmark, capsys):
+    benchmark.group = "channel-stream-4MiB"
+    st = _bulk_stream()
+    k1 = st["keys"][0]
+    frames = st["frames"]
+
+    def decrypt_all():
+        aead = ChaCha20Poly1305(k1)  # one per key, as a receiver holds one
+        got = 0
+        for counter, f in enumerate(frames):
+            with memoryview(f) as mv:
+                pt = aead.decrypt(bytes(4) + counter.to_bytes(8, "big"), mv[4:], mv[:4])
+            got += len(pt) - 1
+        return got
+
+    assert benchmark.pedantic(decrypt_all, rounds=STREAM_ROUNDS, warmup_rounds=1) == STREAM_BYTES
+    _report_stream(benchmark, capsys, "bare")
+
+
+def test_stream_receive_aligned(benchmark, capsys):
+    benchmark.group = "channel-stream-4MiB"
+    frames = _bulk_stream()["frames"]
+    got = benchmark.pedantic(lambda rx: _drain(rx, frames), setup=_receiver, rounds=STREAM_ROUNDS, warmup_rounds=1)
+    assert got == STREAM_BYTES
+    _report_stream(benchmark, capsys, "aligned")
+
+
+def test_stream_receive_unaligned_reads(benchmark, capsys):
+    benchmark.group = "channel-stream-4MiB"
+    reads = _bulk_stream()["reads"]
+    assert len(reads[0]) == READ_SIZE and len(_bulk_stream()["frames"][0]) != READ_SIZE
+    got = benchmark.pedantic(lambda rx: _drain(rx, reads), setup=_receiver, rounds=STREAM_ROUNDS, warmup_rounds=1)
+    assert got == STREAM_BYTES
+    _report_stream(benchmark, capsys, "unaligned")
