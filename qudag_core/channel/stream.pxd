@@ -32,6 +32,9 @@ cdef class SecureChannel:
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, body=Py_ssize_t, end=Py_ssize_t, max_body=Py_ssize_t,
                    header_size=Py_ssize_t, min_body=Py_ssize_t, frame_type=int, events=list)
     cdef Py_ssize_t _parse(self, src) except -1
+    @cython.locals(buf=bytearray, n=Py_ssize_t, have=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t,
+                   take=Py_ssize_t, consumed=Py_ssize_t, header_size=Py_ssize_t)
+    cdef _reassemble(self, data)
     cdef _control(self, int frame_type, payload)
     cdef _fail(self, exc)
     cdef _alert_and_end(self, code, str reason, inp)

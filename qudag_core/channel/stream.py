@@ -314,21 +314,58 @@ class SecureChannel:
             data = memoryview(data).cast("B")  # lengths below count bytes, not items
         try:
             if self._state is _OPEN and data:
-                buf = self._in
-                if buf:
-                    buf += data
-                    consumed = self._parse(buf)
-                    if self._state is _OPEN:
-                        del buf[:consumed]
+                if self._in:
+                    self._reassemble(data)
                 else:
                     consumed = self._parse(data)
                     if self._state is _OPEN and consumed < len(data):
                         with memoryview(data) as mv:
-                            buf += mv[consumed:]
+                            self._in += mv[consumed:]
         except RemoteProtocolError as exc:
             self._fail(exc)
         self._pending = []
         return events
+
+    def _reassemble(self, data) -> None:
+        """``receive_data`` when an incomplete frame is buffered.
+
+        Only the bytes that complete the buffered frame are copied in (its header first,
+        which ``_parse`` checks before any of the body is taken); that one frame is
+        opened from the buffer, the rest of ``data`` is parsed where it lies and only its
+        incomplete tail is buffered.  So each received byte is copied at most once, and
+        only if its frame straddles two reads - a 4 MiB read holding one buffered frame's
+        tail no longer goes through the buffer whole."""
+        buf = self._in
+        n = len(data)
+        header_size = STREAM_HEADER_SIZE
+        with memoryview(data) as mv:
+            have = len(buf)
+            pos = 0
+            if have < header_size:
+                pos = header_size - have
+                if pos > n:
+                    pos = n
+                buf += mv[:pos]
+                have += pos
+                if have < header_size:
+                    return
+                self._parse(buf)  # the header alone: raises if it is bad, opens nothing
+            end = header_size + _read_u32(buf, 0)[0]
+            take = end - have
+            if take > n - pos:
+                buf += mv[pos:]  # still incomplete: below end, so below the cap
+                return
+            buf += mv[pos : pos + take]
+            pos += take
+            self._parse(buf)  # exactly one frame
+            if self._state is not _OPEN:
+                return  # _end dropped the buffer
+            del buf[:]
+            if pos < n:
+                with mv[pos:] as rest:
+                    consumed = self._parse(rest)
+                    if self._state is _OPEN and consumed < n - pos:
+                        buf += rest[consumed:]
 
     def _parse(self, src) -> int:
         """Open every complete frame in ``src``; returns how many bytes were used."""
