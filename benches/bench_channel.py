@@ -36,13 +36,15 @@ def _pair():
 
 
 def _record(benchmark, size: int, kind: str) -> None:
+    if benchmark.stats is None:  # --benchmark-disable: the cases run once as tests
+        return
     s = benchmark.stats.stats
     _RESULTS[(size, kind)] = (s.min, s.median)
 
 
 def _report(benchmark, capsys, size: int) -> None:
     _record(benchmark, size, "channel")
-    if (size, "bare") not in _RESULTS:
+    if (size, "bare") not in _RESULTS or (size, "channel") not in _RESULTS:
         return
     (cmin, cmed), (bmin, bmed) = _RESULTS[(size, "channel")], _RESULTS[(size, "bare")]
     ratio_min, ratio_med = cmin / bmin, cmed / bmed
@@ -134,6 +136,8 @@ def _drain(rx, chunks) -> int:
 
 
 def _report_stream(benchmark, capsys, kind: str) -> None:
+    if benchmark.stats is None:
+        return
     s = benchmark.stats.stats
     _RESULTS[(STREAM_BYTES, kind)] = (s.min, s.median)
     mib = STREAM_BYTES / (1 << 20)
