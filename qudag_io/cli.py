@@ -793,11 +793,58 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- testnet
+TESTNET_MAX_NODES = 254 * 256
+"""Nodes :func:`testnet_host` can give distinct /24s (127.1.0.1 .. 127.254.255.1)."""
+
+
+def testnet_host(i: int) -> str:
+    """The loopback address testnet node ``i`` binds every listener to (link, DHT, onion
+    relay, metrics/status).
+
+    Every node gets its own /24 (the DHT's IP-diversity limits allow 2 nodes per /24 per
+    bucket and 10 per table: with one shared address a 20-node table holds 6-10 nodes,
+    however long it runs) and, for the first 254 nodes, its own /16 (the onion path rule
+    allows one relay per /16, so circuits are built with the production rule instead of
+    with it switched off): node ``i`` is ``127.(i+1).0.1``; beyond 254 nodes the third
+    octet counts up, ``127.(1 + i % 254).(i // 254).1``.  Linux answers on all of
+    127.0.0.0/8 without configuration, and BEP 42 exempts 127/8 from the node-id check
+    (``qudag_core.krpc.bep42.is_exempt``), so the derived DHT ids stay valid."""
+    if not 0 <= i < TESTNET_MAX_NODES:
+        raise ValueError(f"testnet node index {i} is out of range 0..{TESTNET_MAX_NODES - 1}")
+    return f"127.{1 + i % 254}.{i // 254}.1"
+
+
+def testnet_client_host(k: int) -> str:
+    """The loopback address of the testnet's own ``k``-th short-lived client (DHT helper
+    nodes, the onion client): 127.255.k.1, a /16 no node uses, so a client never shares a
+    node's per-IP rate limit or diversity group, as a user elsewhere on the internet
+    would not."""
+    return f"127.255.{k % 256}.1"
+
+
+def _can_bind(hosts: Sequence[str]) -> bool:
+    """Whether this system accepts binds to ``hosts`` (Linux routes 127/8 to ``lo``; other
+    systems configure only 127.0.0.1 unless aliases are added)."""
+    import socket
+
+    for h in hosts:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((h, 0))
+        except OSError:
+            return False
+    return True
+
+
 class _Testnet:
-    """N ``qudag node run`` processes on loopback in a temporary directory."""
+    """N ``qudag node run`` processes on loopback in a temporary directory, node ``i`` on
+    :func:`testnet_host` ``(i)`` (all on 127.0.0.1 where the system cannot bind those)."""
 
     def __init__(self, n: int, timeout: float) -> None:
         self.n = n
+        self.spread = _can_bind([testnet_host(0), testnet_host(n - 1), testnet_client_host(0)])
+        self.hosts = [testnet_host(i) if self.spread else "127.0.0.1" for i in range(n)]
+        self._clients = 0
         self.t0 = time.monotonic()
         self.deadline = self.t0 + timeout
         self.tmp = tempfile.mkdtemp(prefix="qudag-testnet-")
@@ -819,6 +866,29 @@ class _Testnet:
     def dir(self, i: int) -> str:
         return os.path.join(self.tmp, f"node{i:02d}")
 
+    def client_host(self) -> str:
+        """A fresh address for one of the testnet's own short-lived clients."""
+        self._clients += 1
+        return testnet_client_host(self._clients - 1) if self.spread else "127.0.0.1"
+
+    def table_sizes(self) -> list[int]:
+        """Every node's routing-table size, read from its ``/status`` document."""
+        sizes = []
+        for i in range(self.n):
+            h, p = self.info[i]["http"]
+            sizes.append(int(fetch_status(f"http://{_hp(h, p)}/status", min(5.0, self.left()))["routing_table_size"]))
+        return sizes
+
+    def tables_note(self, sizes: list[int]) -> str:
+        """``routing tables min/median/max`` over the nodes, against what they could hold."""
+        import statistics
+
+        note = (f"routing tables min/median/max {min(sizes)}/{statistics.median(sizes):g}/{max(sizes)} "
+                f"of {self.n - 1} other nodes")
+        if not self.spread:
+            note += " (every node on 127.0.0.1: the 10-per-/24 limit caps each table at 10)"
+        return note
+
     def keygen(self) -> None:
         pw = secrets.token_hex(16).encode()
         self.pwfile = os.path.join(self.tmp, "passphrase")
@@ -831,7 +901,9 @@ class _Testnet:
 
     def spawn(self, i: int, bootstrap: list[tuple[str, int]]) -> None:
         d = self.dir(i)
+        h = self.hosts[i]
         s = NodeSettings(keystore=os.path.join(d, "key"), passphrase_file=self.pwfile, data_dir=d,
+                         link_listen=(h, 0), dht_listen=(h, 0), onion_listen=(h, 0), http_listen=(h, 0),
                          bootstrap=bootstrap, bootstrap_timeout=10.0, relay=True,
                          onion_directory=self.directory_path, dark_directory=self.dark_path)
         cfg = os.path.join(d, "node.toml")
@@ -851,6 +923,7 @@ class _Testnet:
                     with open(path) as f:
                         self.info[i] = json.load(f)
                     pending.discard(i)
+                    self._check_bound(i)
                 elif self.procs[i].poll() is not None:
                     raise CliError(f"node {i} exited with code {self.procs[i].returncode}; "
                                    f"see {self.dir(i)}/node.log (use --keep)")
@@ -858,6 +931,16 @@ class _Testnet:
                 if self.deadline - time.monotonic() <= 0:
                     raise CliError(f"{len(pending)} nodes not ready before --timeout; see their node.log (use --keep)")
                 time.sleep(0.05)
+
+    def _check_bound(self, i: int) -> None:
+        """Node ``i`` listens on its own address only (link, DHT, onion relay, HTTP)."""
+        info = self.info[i]
+        bound = {"link": info["link"][0][0], "dht": info["dht"][0], "onion": info["onion"][0],
+                 "http": info["http"][0]}
+        wrong = {k: v for k, v in bound.items() if v != self.hosts[i]}
+        if wrong:
+            raise CliError(f"node {i:02d} should listen on {self.hosts[i]} but its {', '.join(wrong)} "
+                           f"listener is on {', '.join(sorted(set(wrong.values())))}")
 
     def step(self, name: str, t: float, note: str = "") -> None:
         dt = time.monotonic() - t
@@ -910,13 +993,15 @@ async def _testnet_dark(net: _Testnet) -> None:
     net.step("dark publish", t, f"node 00: {name[:16]}....dark, {st.result}")
     t = time.monotonic()
     h, p = net.info[net.n - 1]["dht"]
-    dht = await short_lived_dht([(h, p)], "127.0.0.1", min(5.0, net.left()))
+    dht = await short_lived_dht([(h, p)], net.client_host(), min(5.0, net.left()))
     client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path),
                         resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left())))
     try:
         ep = await asyncio.wait_for(client.resolve(name), net.left())
         if ep.certificate is None or ep.certificate.node_id.hex() != net.info[0]["node_id"]:
             raise CliError("the dark address did not resolve to node 00")
+        if not ep.certificate.addresses or ep.certificate.addresses[0][0] != net.hosts[0]:
+            raise CliError(f"the dark address resolved to {ep.certificate.addresses}, not node 00's {net.hosts[0]}")
         net.step("dark resolve", t, f"by name via node {net.n - 1:02d}: node 00 at "
                                     f"{_hp(*ep.certificate.addresses[0])}")
         t = time.monotonic()
@@ -942,13 +1027,13 @@ async def _testnet_exercise(net: _Testnet) -> None:
     t = time.monotonic()
     transient: list = []
     try:
-        a = await start_read_only_dht("127.0.0.1", [udp(1 % net.n)])
+        a = await start_read_only_dht(net.client_host(), [udp(1 % net.n)])
         transient.append(a)
         await asyncio.wait_for(asyncio.shield(a._bootstrapped), net.left())
         target = await asyncio.wait_for(a.put(value), net.left())
         net.step("DHT put", t, f"target {target.hex()[:16]}...")
         t = time.monotonic()
-        b = await start_read_only_dht("127.0.0.1", [udp(net.n - 1)])
+        b = await start_read_only_dht(net.client_host(), [udp(net.n - 1)])
         transient.append(b)
         await asyncio.wait_for(asyncio.shield(b._bootstrapped), net.left())
         got = (await asyncio.wait_for(b.get(target), net.left())).value
@@ -980,6 +1065,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
     # needs a next hop it does not know.
+    from qudag_core.onion.path import subnet_of
     from qudag_io.node import FileDirectory, write_directory
     from qudag_io.onion import OnionClient, OnionNode
 
@@ -991,12 +1077,18 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
         with open(os.path.join(net.dir(i), ONION_CERT_FILE), "rb") as f:
             certs.append(NodeCertificate.from_bytes(f.read()))
     write_directory(net.directory_path, certs)
+    # With every relay in its own /16 the production path rule (one relay per /16) holds;
+    # only relays sharing 127.0.0.1 (or more than 254 nodes) need it switched off.
+    subnets = [subnet_of(c.addresses[0][0]) for c in certs]
+    per_subnet = 1 if len(set(subnets)) == len(subnets) else None
     t = time.monotonic()
-    client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(net.directory_path), relay=False)
+    client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(net.directory_path),
+                                   host=net.client_host(), relay=False)
     try:
-        circ = await OnionClient(client, per_subnet=None).build_circuit(hops=3, timeout=min(30.0, net.left()))
+        circ = await OnionClient(client, per_subnet=per_subnet).build_circuit(hops=3, timeout=min(30.0, net.left()))
         hops = [certs.index(next(c for c in certs if bytes(c.node_id) == n)) for n in circ.node_ids]
-        net.step("3-hop circuit", t, "through nodes " + " -> ".join(f"{h:02d}" for h in hops))
+        net.step("3-hop circuit", t, "through nodes " + " -> ".join(f"{h:02d}" for h in hops)
+                 + ("; one relay per /16" if per_subnet else "; /16 rule off (relays share a /16)"))
         t = time.monotonic()
         payload = secrets.token_bytes(64 * 1024)
         stream = await circ.open_stream(circ.exit_node_id, "echo", timeout=min(30.0, net.left()))
@@ -1012,13 +1104,18 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
 
 
 def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
-    if nodes < 2:
-        raise CliError("--nodes must be at least 2")
+    if not 2 <= nodes <= TESTNET_MAX_NODES:
+        raise CliError(f"--nodes must be between 2 and {TESTNET_MAX_NODES}")
     net = _Testnet(nodes, timeout)
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: same clean stop as ^C
     ok = False
     try:
         net.say(f"testnet of {nodes} nodes, one process each, in {net.tmp}")
+        if net.spread:
+            net.say(f"each node on its own loopback /24: {net.hosts[0]} .. {net.hosts[-1]}")
+        else:
+            net.say("this system binds only 127.0.0.1 on loopback: every node shares one /24, so the DHT's "
+                    "diversity limits (10 per /24 per table) keep routing tables small")
         t = time.monotonic()
         net.keygen()
         net.step("identities", t, f"{nodes} keystores")
@@ -1032,12 +1129,14 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
         for i in range(1, nodes):
             net.spawn(i, [seed])
         net.wait_ready(range(1, nodes))
-        net.step("bootstrap", t, f"{nodes - 1} nodes joined through node 00")
+        net.step("bootstrap", t, f"{nodes - 1} nodes joined through node 00; {net.tables_note(net.table_sizes())}")
         run(_testnet_exercise(net))
+        t = time.monotonic()
         statuses = []
         for i in range(nodes):
             h, p = net.info[i]["http"]
-            statuses.append(fetch_status(f"http://{h}:{p}/status", min(5.0, net.left())))
+            statuses.append(fetch_status(f"http://{_hp(h, p)}/status", min(5.0, net.left())))
+        net.step("tables", t, net.tables_note([int(st["routing_table_size"]) for st in statuses]))
         print()
         print(f"{'step':<14}{'ms':>9}  note")
         for name, dt, note in net.timings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -262,27 +263,96 @@ def test_promtool_accepts_a_running_nodes_metrics(nodes):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_testnet_five_nodes(tmp_path):
+def run_testnet(n: int, timeout: float) -> tuple[int, str, str]:
+    """``qudag testnet --nodes n`` in its own session: if it outlives ``timeout`` it gets
+    SIGTERM (its clean stop of every node), then the whole process group SIGKILL, so no
+    node process survives the test either way."""
+    proc = subprocess.Popen([sys.executable, "-m", "qudag_io.cli", "testnet", "--nodes", str(n),
+                             "--timeout", str(timeout)], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout + 20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"testnet did not finish within its --timeout {timeout}s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+_NODE_ROW = re.compile(r"^(\d\d)\s+[0-9a-f]{16}\s+(\S+):(\d+)\s+(\d+)\s+http://(\S+):(\d+)/metrics$")
+
+
+def test_testnet_nodes_on_their_own_slash24s_fill_their_tables(tmp_path):
+    """Twelve nodes, the whole demo flow.  Each node listens on its own loopback /24, so
+    the DHT's diversity limits (unchanged: 10 per /24 per table) no longer starve the
+    tables: with all twelve on 127.0.0.1 no table could hold more than 10 of the 11 others."""
+    from qudag_core.krpc.bep42 import is_exempt
+    from qudag_core.krpc.routing import DiversityConfig, address_prefix
+
+    n, cap = 12, DiversityConfig().per_table
+    assert n - 1 > cap  # the run can show a table beyond the one-address cap
     t = time.monotonic()
-    r = qudag("testnet", "--nodes", "5", "--timeout", "60", passphrase=None, timeout=90)
-    assert r.returncode == 0, r.stdout + r.stderr
-    out = r.stdout
-    for step in ("bootstrap:", "DHT put:", "DHT get: value matches", "link message:", "stopped 5 nodes (5 exited cleanly)"):
+    rc, out, err = run_testnet(n, 60)
+    assert rc == 0, out + err
+    for step in ("bootstrap: 11 nodes joined through node 00; routing tables min/median/max", "DHT put:",
+                 "DHT get: value matches", "link message:", f"stopped {n} nodes ({n} exited cleanly)",
+                 "each node on its own loopback /24: 127.1.0.1 .. 127.12.0.1"):
         assert step in out, out
-    assert "3-hop circuit: through nodes" in out and "circuit stream: 64 KiB echoed" in out
+    assert "3-hop circuit: through nodes" in out and "one relay per /16" in out, out
+    assert "circuit stream: 64 KiB echoed" in out
     assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
-    assert "dark resolve: by name via node 04: node 00 at 127.0.0.1:" in out
+    assert f"dark resolve: by name via node {n - 1:02d}: node 00 at 127.1.0.1:" in out, out
     assert "dark message: acknowledged by node 00" in out
-    assert out.count("/metrics") == 5 and out.rstrip().endswith("testnet: OK")
-    assert time.monotonic() - t < 90
+    assert out.count("/metrics") == n and out.rstrip().endswith("testnet: OK")
+    assert time.monotonic() - t < 80
+    rows = [m.groups() for m in map(_NODE_ROW.match, out.splitlines()) if m]
+    assert [int(r[0]) for r in rows] == list(range(n)), out
+    hosts = [r[1] for r in rows]
+    # Every node's DHT and HTTP listeners on its own address, each in its own /24 of 127/8,
+    # all exempt from the BEP 42 node-id check (the testnet also checks link and onion).
+    assert [r[4] for r in rows] == hosts
+    assert all(h.startswith("127.") and is_exempt(h) for h in hosts)
+    assert len({address_prefix(h) for h in hosts}) == n
+    sizes = [int(r[3]) for r in rows]
+    assert all(0 < s <= n - 1 for s in sizes), sizes
+    assert max(sizes) > cap, sizes
+    summary = f"tables: routing tables min/median/max {min(sizes)}/"
+    assert summary in out and f"/{max(sizes)} of {n - 1} other nodes" in out, out
     # Every node process has ended: none of the metrics ports still answers.
-    for line in out.splitlines():
-        if line.rstrip().endswith("/metrics"):
-            url = line.split()[-1]
-            with pytest.raises(OSError):
-                urllib.request.urlopen(url, timeout=2)
-    tmpdirs = [ln for ln in out.splitlines() if "testnet of 5 nodes" in ln]
+    for h, p in ((r[4], r[5]) for r in rows):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{h}:{p}/metrics", timeout=2)
+    tmpdirs = [ln for ln in out.splitlines() if f"testnet of {n} nodes" in ln]
     assert tmpdirs and not os.path.exists(tmpdirs[0].split(" in ")[-1])
+
+
+def test_testnet_host_scheme():
+    """Node addresses: a distinct /24 for every allowed node, a distinct /16 for the first
+    254 (the onion path rule's prefix), all loopback and BEP 42-exempt; client addresses
+    in a /16 no node uses."""
+    import ipaddress
+
+    from qudag_core.krpc.bep42 import is_exempt
+    from qudag_core.krpc.routing import address_prefix
+    from qudag_core.onion.path import subnet_of
+    from qudag_io.cli import TESTNET_MAX_NODES, testnet_client_host, testnet_host
+
+    hosts = [testnet_host(i) for i in range(TESTNET_MAX_NODES)]
+    assert hosts[:3] == ["127.1.0.1", "127.2.0.1", "127.3.0.1"] and hosts[254] == "127.1.1.1"
+    assert len({address_prefix(h) for h in hosts}) == TESTNET_MAX_NODES
+    assert len({subnet_of(h) for h in hosts[:254]}) == 254
+    for h in hosts[:300] + hosts[-300:]:
+        assert ipaddress.ip_address(h).is_loopback and is_exempt(h)
+    node16 = {subnet_of(h) for h in hosts[:254]}
+    clients = [testnet_client_host(k) for k in range(256)]
+    assert not node16 & {subnet_of(c) for c in clients} and len({address_prefix(c) for c in clients}) == 256
+    for bad in (-1, TESTNET_MAX_NODES):
+        with pytest.raises(ValueError):
+            testnet_host(bad)
 
 
 def test_testnet_sigint_stops_every_node(tmp_path):
