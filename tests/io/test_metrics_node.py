@@ -293,3 +293,103 @@ def test_a_failing_collect_hook_does_not_break_the_exposition(run):
             await node.stop()
 
     run(main())
+
+
+# -- cells the onion layer drops ------------------------------------------------------------
+
+
+class CellTally:
+    """Cells a relay handed to its mixer (``cell_filter``: every cell it is about to send,
+    before the mixer) and cells it really wrote to a link (``link_send_hook``), by peer:
+    the difference is what it dropped, counted without the metrics."""
+
+    def __init__(self, relay: OnionNode) -> None:
+        self.offered: dict[bytes, int] = {}
+        self.sent: dict[bytes, int] = {}
+        relay.cell_filter = self._offer
+        relay.link_send_hook = self._sent
+
+    def _offer(self, peer: bytes, cell: bytes) -> bytes:
+        self.offered[peer] = self.offered.get(peer, 0) + 1
+        return cell
+
+    def _sent(self, peer: bytes, message: bytes) -> None:
+        self.sent[peer] = self.sent.get(peer, 0) + len(message) // 1024
+
+    def dropped(self) -> int:
+        return sum(self.offered.values()) - sum(self.sent.values())
+
+
+def idle(relay: OnionNode) -> bool:
+    """Nothing waits in the relay: its mixer and every link queue are empty."""
+    return len(relay.mixer) == 0 and all(link.pending_cells == 0 for link in relay._links_by_id.values())
+
+
+def test_relay_counts_cells_dropped_by_its_full_mixer_and_for_a_closed_link(run):
+    from qudag_io.onion import MixerConfig, RelayDirectory
+
+    queue, burst = 8, 40  # one link message of 40 cells into a mixer that holds 8
+
+    async def main():
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        directory = RelayDirectory()
+        onions: list[OnionNode] = []
+        try:
+            # A relay with a tiny mixer (a real delay, so it is not the pass-through),
+            # metered by the node, between a client and an exit.
+            relay = await OnionNode.start(Identity.generate(os.urandom), directory,
+                                          mixer=MixerConfig(mean_delay=0.001, max_queue=queue))
+            onions.append(relay)
+            exit_ = await OnionNode.start(Identity.generate(os.urandom), directory)
+            onions.append(exit_)
+            client = await OnionNode.start(Identity.generate(os.urandom), directory, relay=False)
+            onions.append(client)
+            directory.add(relay.directory_entry())
+            directory.add(exit_.directory_entry())
+            node.meter_onion(relay)
+            with pytest.raises(RuntimeError):
+                node.meter_onion(exit_)  # one onion node per node's metrics
+            circ = await OnionClient(client, per_subnet=None).build_circuit(path=[relay.node_id, exit_.node_id])
+            await until(lambda: idle(relay), "the relay to go idle")
+            m0 = await scrape(node)
+            assert m0['qudag_cells_dropped_total{reason="mixer_full"}'] == 0  # building fit in the mixer
+            assert m0['qudag_cells_dropped_total{reason="link_closed"}'] == 0
+            assert m0['qudag_circuits_built_total{role="relay"}'] == 1  # the metered relay carries it
+
+            tally = CellTally(relay)
+            arrived = {"cells": 0}
+            exit_.link_recv_hook = lambda peer, msg: arrived.__setitem__("cells", arrived["cells"] + len(msg) // 1024)
+            for _ in range(burst):
+                circ.send_drop(b"cover")  # queued together: the client sends them as one link message
+            await until(lambda: sum(tally.offered.values()) >= burst and idle(relay), "the burst to pass the relay")
+            dropped = tally.dropped()
+            assert dropped == burst - queue  # the mixer kept 8 and dropped the rest of the message
+            m1 = await scrape(node)
+            assert m1['qudag_cells_dropped_total{reason="mixer_full"}'] == dropped
+            assert m1['qudag_cells_dropped_total{reason="link_closed"}'] == 0
+            # what the relay did send reached the exit
+            await until(lambda: arrived["cells"] == tally.sent.get(exit_.node_id, 0), "the cells to arrive")
+            assert arrived["cells"] == queue
+
+            # Cells queued for a link that then dies: a fresh circuit over the same links,
+            # the relay's link to the exit stops writing (hung), cells pile up, it is dropped.
+            circ2 = await OnionClient(client, per_subnet=None).build_circuit(path=[relay.node_id, exit_.node_id])
+            await until(lambda: idle(relay), "the relay to go idle")
+            tally = CellTally(relay)
+            link = relay._links_by_peer[exit_.node_id]
+            link.freeze()
+            for _ in range(5):
+                circ2.send_drop()
+            await until(lambda: link.pending_cells == 5, "the cells to queue on the hung link")
+            link.abort()
+            await until(lambda: exit_.node_id not in relay._links_by_peer and idle(relay), "the link to be dropped")
+            assert tally.dropped() == tally.offered[exit_.node_id] == 5
+            m2 = await scrape(node)
+            assert m2['qudag_cells_dropped_total{reason="link_closed"}'] == 5
+            assert m2['qudag_cells_dropped_total{reason="mixer_full"}'] == dropped
+        finally:
+            for o in onions:
+                await o.close()
+            await node.stop()
+
+    run(main())
