@@ -69,6 +69,7 @@ class HandshakeFailure(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     VERSION = "version"
     COOKIE = "cookie"
+    CLOSED = "closed"  #: the peer closed (or reset) the connection before the handshake ended
     OTHER = OTHER
 
 

@@ -25,9 +25,10 @@ DHT operations the node starts, with their latency.  Everything else is a count 
 object keeps, read on every scrape (:meth:`Node.sync_metrics`, a collect hook of the
 metrics registry) and turned into increments: TCP wire bytes of every link, handshakes
 and framing included (``Connection.bytes_received``/``bytes_sent``; a link's final
-counts are kept when it closes), the DHT core's rate-limiter drops, and with a relay the
-relay core's cells relayed and circuits and the onion adapter's client circuits and link
-bytes.  A dark-address resolver the node drives is metered with
+counts are kept when it closes; the listeners add those of inbound connections whose
+handshake failed), the DHT core's rate-limiter drops, and with a relay the relay core's
+cells relayed and circuits and the onion adapter's client circuits, link bytes and
+dropped cells.  A dark-address resolver the node drives is metered with
 :meth:`Node.meter_resolver`.
 
 With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
@@ -108,10 +109,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def classify_handshake_failure(exc: BaseException) -> HandshakeFailure:
-    """The ``reason`` label for a failed dial."""
+    """The ``reason`` label for a failed handshake (a dial, or an inbound one)."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return HandshakeFailure.TIMEOUT
     if isinstance(exc, ConnectionClosed):
+        if exc.error_code == 0 and exc.by_peer:
+            # the transport ended (EOF or reset) before the handshake did, which the link
+            # core reports with code 0 (a peer's ALERT with code 0, "no error", is the
+            # peer hanging up too)
+            return HandshakeFailure.CLOSED
         return _HS_REASONS.get(exc.error_code, HandshakeFailure.OTHER)
     return HandshakeFailure.OTHER
 
@@ -358,7 +364,9 @@ class Node:
     def meter_onion(self, onion: OnionNode) -> None:
         """Read the onion node's own counters on every scrape: cells relayed and relay
         circuits from its relay core, client circuits, cells dropped, links (connections,
-        handshakes) and their wire bytes from the adapter.  Nothing runs per cell here.  Failed onion link handshakes are counted as they happen, by reason.
+        handshakes) and their wire bytes from the adapter (with the bytes of inbound
+        connections whose handshake failed, from its listener).  Nothing runs per cell
+        here.  Failed onion link handshakes are counted as they happen, by reason.
 
         The node calls it for its own relay (``settings.relay``); a node without one may
         meter one ``OnionNode`` started separately (e.g. with its own ``MixerConfig``).
@@ -408,6 +416,9 @@ class Node:
             self.metrics.connection_closed(Direction.OUTBOUND)
         live = [*self.peers, *self._dialed]
         gin, gout = self._gone_link_bytes
+        if self.listener is not None:  # inbound connections that failed their handshake
+            gin += self.listener.failed_bytes_received
+            gout += self.listener.failed_bytes_sent
         m = self.metrics
         m.bytes_received(self._advance("link_in", gin + sum(c.bytes_received for c in live)), Transport.TCP)
         m.bytes_sent(self._advance("link_out", gout + sum(c.bytes_sent for c in live)), Transport.TCP)
@@ -437,6 +448,9 @@ class Node:
         m.cells_dropped(CellDropReason.LINK_CLOSED, self._advance("cells_dropped_link",
                                                                    onion.cells_dropped_link_closed))
         bytes_in, bytes_out = onion.link_bytes()
+        if onion.listener is not None:  # inbound onion links that failed their handshake
+            bytes_in += onion.listener.failed_bytes_received
+            bytes_out += onion.listener.failed_bytes_sent
         m.bytes_received(self._advance("onion_in", bytes_in), Transport.TCP)
         m.bytes_sent(self._advance("onion_out", bytes_out), Transport.TCP)
 

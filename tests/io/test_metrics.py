@@ -68,7 +68,7 @@ def test_handshakes_ok_and_failed_by_reason():
     m = NodeMetrics()
     m.handshake_ok()
     m.handshake_ok()
-    for reason in ("timeout", "bad_message", "auth_failed", "version", "cookie", "other"):
+    for reason in ("timeout", "bad_message", "auth_failed", "version", "cookie", "closed", "other"):
         m.handshake_failed(reason)
     m.handshake_failed(HandshakeFailure.TIMEOUT)
     m.handshake_failed("mixer_full")  # a reason of another metric: not a handshake reason
@@ -76,7 +76,7 @@ def test_handshakes_ok_and_failed_by_reason():
     assert value(m, "qudag_handshakes_failed_total", reason="timeout") == 2
     assert value(m, "qudag_handshakes_failed_total", reason="other") == 2
     assert m.registry.get_sample_value("qudag_handshakes_failed_total", {"reason": "mixer_full"}) is None
-    for reason in ("bad_message", "auth_failed", "version", "cookie"):
+    for reason in ("bad_message", "auth_failed", "version", "cookie", "closed"):
         assert value(m, "qudag_handshakes_failed_total", reason=reason) == 1
 
 

@@ -393,3 +393,69 @@ def test_relay_counts_cells_dropped_by_its_full_mixer_and_for_a_closed_link(run)
             await node.stop()
 
     run(main())
+
+
+# -- inbound connections whose handshake fails ------------------------------------------
+
+
+async def raw_exchange(addr: tuple, data: bytes) -> bytes:
+    """Connect, send ``data``, half-close, and return everything the server sends until it
+    closes (bounded)."""
+    rd, wr = await asyncio.open_connection(*addr)
+    try:
+        wr.write(data)
+        await wr.drain()
+        wr.write_eof()
+        return await asyncio.wait_for(rd.read(), 10)
+    finally:
+        wr.close()
+
+
+def test_failed_inbound_handshakes_count_their_wire_bytes_and_reason(run):
+    import time
+
+    from qudag_core.link import Link
+
+    async def main():
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings(relay=True))
+
+        def failed(reason: str) -> float:
+            return node.metrics.registry.get_sample_value("qudag_handshakes_failed_total", {"reason": reason})
+
+        try:
+            m0 = await scrape(node)
+            # Garbage: an unknown frame type, answered with an ALERT.
+            garbage = b"\xff" * 300
+            reply = await raw_exchange(tuple(node.listener.addresses[0]), garbage)
+            await until(lambda: failed("bad_message") == 1, "the failure to be counted")
+            m1 = await scrape(node)
+            assert len(reply) > 0
+            assert m1['qudag_bytes_received_total{transport="tcp"}'] - m0['qudag_bytes_received_total{transport="tcp"}'] == len(garbage)
+            assert m1['qudag_bytes_sent_total{transport="tcp"}'] - m0['qudag_bytes_sent_total{transport="tcp"}'] == len(reply)
+
+            # A real first handshake message, cut in half, then the client hangs up.
+            first = Link.initiator(identity=Identity.generate(os.urandom), now=time.time(), rng=os.urandom,
+                                   peer_certificate=node.listener.certificate).data_to_send()
+            truncated = first[: len(first) // 2]
+            assert len(truncated) > 100
+            reply = await raw_exchange(tuple(node.listener.addresses[0]), truncated)
+            await until(lambda: failed("closed") == 1, "the failure to be counted")
+            m2 = await scrape(node)
+            assert reply == b""  # the responder had nothing to answer yet
+            assert m2['qudag_bytes_received_total{transport="tcp"}'] - m1['qudag_bytes_received_total{transport="tcp"}'] == len(truncated)
+            assert m2['qudag_bytes_sent_total{transport="tcp"}'] == m1['qudag_bytes_sent_total{transport="tcp"}']
+
+            # The onion relay's listener: the same, read from its own listener.
+            reply = await raw_exchange(tuple(node.onion.address), garbage[:123])
+            await until(lambda: failed("bad_message") == 2, "the failure to be counted")
+            m3 = await scrape(node)
+            assert m3['qudag_bytes_received_total{transport="tcp"}'] - m2['qudag_bytes_received_total{transport="tcp"}'] == 123
+            assert m3['qudag_bytes_sent_total{transport="tcp"}'] - m2['qudag_bytes_sent_total{transport="tcp"}'] == len(reply)
+            # None of them is a connection or a completed handshake.
+            assert m3["qudag_handshakes_ok_total"] == 0
+            assert m3['qudag_connections_opened_total{direction="inbound"}'] == 0
+            assert m3['qudag_handshakes_failed_total{reason="other"}'] == 0
+        finally:
+            await node.stop()
+
+    run(main())
