@@ -606,10 +606,13 @@ class OnionNode:
                 link._queued()
         else:
             now = time.monotonic()
+            full = 0
             for link_id, cell in out:
                 if not self.mixer.push((link_id, bytes(cell[:4])), cell, now):
-                    self.cells_dropped_mixer_full += 1
-                    log.warning("mixer full: cell dropped (the circuit will fail its integrity check)")
+                    full += 1
+            if full:  # one line per flush, not per cell: a burst must not flood the log
+                self.cells_dropped_mixer_full += full
+                log.warning("mixer full: %d cell(s) dropped (their circuits will fail the integrity check)", full)
             for (link_id, _), cell in self.mixer.cells_to_send(now):
                 link = links.get(link_id)
                 if link is not None:
