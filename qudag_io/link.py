@@ -343,9 +343,22 @@ class Listener:
     certificate: NodeCertificate
     """The certificate dialers need (``connect(..., peer_certificate=...)``)."""
 
-    def __init__(self, server: asyncio.AbstractServer, tasks: set[asyncio.Task[Any]]) -> None:
+    def __init__(self, server: asyncio.AbstractServer, tasks: set[asyncio.Task[Any]],
+                 failed_bytes: Optional[list[int]] = None) -> None:
         self._server = server
         self._tasks = tasks
+        self._failed_bytes = failed_bytes if failed_bytes is not None else [0, 0]
+
+    @property
+    def failed_bytes_received(self) -> int:
+        """Wire bytes read from accepted connections whose handshake failed (they never
+        become a ``Connection``, so nobody else can count them), added when it fails."""
+        return self._failed_bytes[0]
+
+    @property
+    def failed_bytes_sent(self) -> int:
+        """Wire bytes written to accepted connections whose handshake failed (an alert)."""
+        return self._failed_bytes[1]
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -390,12 +403,15 @@ async def listen(
     accepted link; when more than ``config.cookie_threshold`` handshakes are in progress
     the listener switches to cookie mode, so floods cost it no KEM work.
     Without ``certificate``, one is issued for the bound address(es).
-    ``on_handshake_failed(exc)`` is told about each failed inbound handshake (metrics).
+    ``on_handshake_failed(exc)`` is told about each failed inbound handshake (metrics);
+    the wire bytes of those connections are added to ``Listener.failed_bytes_received`` /
+    ``failed_bytes_sent`` before it is called.
     """
     loop = asyncio.get_running_loop()
     cfg = config or LinkConfig()
     tasks: set[asyncio.Task[Any]] = set()
     state: dict[str, Any] = {"ctx": None, "pending": 0}
+    failed_bytes = [0, 0]  # wire bytes (in, out) of connections whose handshake failed
 
     def _update_load() -> None:
         state["ctx"].under_load = state["pending"] > cfg.cookie_threshold
@@ -407,6 +423,11 @@ async def listen(
             established = await protocol.established
         except ConnectionClosed as exc:
             log.debug("inbound handshake failed: %s", exc)
+            # Final counts: a failed handshake has ended the core, so the transport is
+            # closed (or gone) and reads and writes nothing more.  One addition per failed
+            # connection; an established link's bytes stay on its Connection.
+            failed_bytes[0] += protocol.bytes_received
+            failed_bytes[1] += protocol.bytes_sent
             if on_handshake_failed is not None:
                 on_handshake_failed(exc)
             return
@@ -442,6 +463,6 @@ async def listen(
         certificate = identity.issue_certificate(addrs, now=time.time(), lifetime=certificate_lifetime)
     state["ctx"] = ResponderContext(identity, certificate, rng=rng)
     await server.start_serving()
-    listener = Listener(server, tasks)
+    listener = Listener(server, tasks, failed_bytes)
     listener.certificate = certificate
     return listener

@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
+    "CellDropReason",
     "CircuitRole",
     "DHT_LATENCY_BUCKETS",
     "DhtOp",
@@ -68,6 +69,7 @@ class HandshakeFailure(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     VERSION = "version"
     COOKIE = "cookie"
+    CLOSED = "closed"  #: the peer closed (or reset) the connection before the handshake ended
     OTHER = OTHER
 
 
@@ -110,6 +112,14 @@ class CircuitRole(enum.StrEnum):
     OTHER = OTHER
 
 
+class CellDropReason(enum.StrEnum):
+    """Why the onion layer dropped a cell it was about to send (label ``reason``)."""
+
+    MIXER_FULL = "mixer_full"  #: the relay's outgoing-cell mixer queue was full
+    LINK_CLOSED = "link_closed"  #: the link it was for had closed (or closed with it queued)
+    OTHER = OTHER
+
+
 class Limiter(enum.StrEnum):
     """Which rate limiter dropped something (label ``limiter``)."""
 
@@ -139,6 +149,7 @@ _DHT_OPS = _canon(DhtOp)
 _DHT_OUTCOMES = _canon(DhtOutcome)
 _LIMITERS = _canon(Limiter)
 _ROLES = _canon(CircuitRole)
+_CELL_DROP_REASONS = _canon(CellDropReason)
 
 
 def _label(value: object, allowed: dict[str, str]) -> str:
@@ -214,6 +225,7 @@ class NodeMetrics:
         self._circ_failed = Counter("circuits_failed", "Onion circuits that failed before they were built (client) or accepted (relay).", ["role"], namespace=ns, registry=reg)
         self._circ_active = Gauge("circuits_active", "Onion circuits currently open.", ["role"], namespace=ns, registry=reg)
         self._cells_relayed = Counter("cells_relayed", "Onion cells relayed for other nodes.", namespace=ns, registry=reg)
+        self._cells_dropped = Counter("cells_dropped", "Onion cells dropped before they reached a link, by reason.", ["reason"], namespace=ns, registry=reg)
 
         self._resolver_hits = Counter("resolver_cache_hits", "Dark-address resolutions answered from the cache.", namespace=ns, registry=reg)
         self._resolver_misses = Counter("resolver_cache_misses", "Dark-address resolutions that missed the cache.", namespace=ns, registry=reg)
@@ -240,6 +252,8 @@ class NodeMetrics:
             self._circ_built.labels(role)
             self._circ_failed.labels(role)
             self._circ_active.labels(role)
+        for r in _CELL_DROP_REASONS:
+            self._cells_dropped.labels(r)
 
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook()`` before every collection of this registry (each scrape), e.g. to
@@ -312,6 +326,11 @@ class NodeMetrics:
     def cells_relayed(self, n: int = 1) -> None:
         self._cells_relayed.inc(_amount(n))
 
+    def cells_dropped(self, reason: _Label, n: int = 1) -> None:
+        """``n`` onion cells this node was about to send were dropped (relayed cells or its
+        own): its mixer was full, or the link they were for had closed."""
+        self._cells_dropped.labels(_label(reason, _CELL_DROP_REASONS)).inc(_amount(n))
+
     # -- dark-address resolver -----------------------------------------------------
     def resolver_cache_hit(self, n: int = 1) -> None:
         self._resolver_hits.inc(_amount(n))
@@ -333,10 +352,12 @@ class NodeMetrics:
 
     @staticmethod
     def label_values() -> dict[str, Iterable[str]]:
-        """Every value each label may take (for tests and docs)."""
+        """Every value each label name may take in any metric (for tests and docs):
+        ``reason`` is the label of both ``handshakes_failed`` (:class:`HandshakeFailure`)
+        and ``cells_dropped`` (:class:`CellDropReason`)."""
         return {
             "direction": tuple(_DIRECTIONS),
-            "reason": tuple(_HANDSHAKE_REASONS),
+            "reason": tuple(dict.fromkeys([*_HANDSHAKE_REASONS, *_CELL_DROP_REASONS])),
             "transport": tuple(_TRANSPORTS),
             "op": tuple(_DHT_OPS),
             "outcome": tuple(_DHT_OUTCOMES),

@@ -25,9 +25,10 @@ DHT operations the node starts, with their latency.  Everything else is a count 
 object keeps, read on every scrape (:meth:`Node.sync_metrics`, a collect hook of the
 metrics registry) and turned into increments: TCP wire bytes of every link, handshakes
 and framing included (``Connection.bytes_received``/``bytes_sent``; a link's final
-counts are kept when it closes), the DHT core's rate-limiter drops, and with a relay the
-relay core's cells relayed and circuits and the onion adapter's client circuits and link
-bytes.  A dark-address resolver the node drives is metered with
+counts are kept when it closes; the listeners add those of inbound connections whose
+handshake failed), the DHT core's rate-limiter drops, and with a relay the relay core's
+cells relayed and circuits and the onion adapter's client circuits, link bytes and
+dropped cells.  A dark-address resolver the node drives is metered with
 :meth:`Node.meter_resolver`.
 
 With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
@@ -73,8 +74,8 @@ from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
 from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
-from qudag_io.metrics import (CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics,
-                              Transport)
+from qudag_io.metrics import (CellDropReason, CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter,
+                              NodeMetrics, Transport)
 
 __all__ = ["FileDirectory", "MSG_ACK", "MSG_DATA", "Node", "classify_handshake_failure", "send_message",
            "send_over_stream", "write_directory"]
@@ -108,10 +109,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def classify_handshake_failure(exc: BaseException) -> HandshakeFailure:
-    """The ``reason`` label for a failed dial."""
+    """The ``reason`` label for a failed handshake (a dial, or an inbound one)."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return HandshakeFailure.TIMEOUT
     if isinstance(exc, ConnectionClosed):
+        if exc.error_code == 0 and exc.by_peer:
+            # the transport ended (EOF or reset) before the handshake did, which the link
+            # core reports with code 0 (a peer's ALERT with code 0, "no error", is the
+            # peer hanging up too)
+            return HandshakeFailure.CLOSED
         return _HS_REASONS.get(exc.error_code, HandshakeFailure.OTHER)
     return HandshakeFailure.OTHER
 
@@ -266,6 +272,7 @@ class Node:
         self._dialed: set[Connection] = set()  # outbound links handed to callers, until closed
         self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of this node's links already closed
         self._sync_sources: list[Callable[[], None]] = [self._sync_drops, self._sync_link_bytes]
+        self._onion_metered = False
         self.metrics.add_collect_hook(self.sync_metrics)
         self._stopped = False
         self._addresses: Optional[dict[str, Any]] = None
@@ -318,7 +325,7 @@ class Node:
                                                port=s.onion_listen[1])
             self.onion.register_service("echo", echo_service)
             self.onion.register_service("msg", self._message_service)
-            self._meter_onion(self.onion)
+            self.meter_onion(self.onion)
         if s.http_enabled:
             if not _is_loopback(s.http_listen[0]):
                 log.warning("the status/metrics server listens on %s, not loopback: /status lists this "
@@ -354,11 +361,20 @@ class Node:
 
         dht._transport = _CountingTransport(transport)  # type: ignore[assignment]
 
-    def _meter_onion(self, onion: OnionNode) -> None:
+    def meter_onion(self, onion: OnionNode) -> None:
         """Read the onion node's own counters on every scrape: cells relayed and relay
-        circuits from its relay core, client circuits, links (connections, handshakes) and
-        their wire bytes from the adapter.  Nothing runs per cell here.  Failed onion link
-        handshakes are counted as they happen, by reason."""
+        circuits from its relay core, client circuits, cells dropped, links (connections,
+        handshakes) and their wire bytes from the adapter (with the bytes of inbound
+        connections whose handshake failed, from its listener).  Nothing runs per cell
+        here.  Failed onion link handshakes are counted as they happen, by reason.
+
+        The node calls it for its own relay (``settings.relay``); a node without one may
+        meter one ``OnionNode`` started separately (e.g. with its own ``MixerConfig``).
+        A node's metrics cover at most one onion node (its circuit gauges are set from
+        it): a second call raises ``RuntimeError``."""
+        if self._onion_metered:
+            raise RuntimeError("this node's metrics already cover an onion node")
+        self._onion_metered = True
         metrics = self.metrics
         onion.on_handshake_failed = lambda exc: metrics.handshake_failed(classify_handshake_failure(exc))
         self._sync_sources.append(lambda: self._sync_onion(onion))
@@ -400,6 +416,9 @@ class Node:
             self.metrics.connection_closed(Direction.OUTBOUND)
         live = [*self.peers, *self._dialed]
         gin, gout = self._gone_link_bytes
+        if self.listener is not None:  # inbound connections that failed their handshake
+            gin += self.listener.failed_bytes_received
+            gout += self.listener.failed_bytes_sent
         m = self.metrics
         m.bytes_received(self._advance("link_in", gin + sum(c.bytes_received for c in live)), Transport.TCP)
         m.bytes_sent(self._advance("link_out", gout + sum(c.bytes_sent for c in live)), Transport.TCP)
@@ -424,7 +443,14 @@ class Node:
         m.set_circuits_active(relay.circuit_count, CircuitRole.RELAY)
         m.set_circuits_active(sum(1 for c in list(onion._client_circs.values()) if c.is_open), CircuitRole.CLIENT)
         m.ratelimit_drop(Limiter.CIRCUITS, self._advance("circuits_refused", relay.circuits_refused))
+        m.cells_dropped(CellDropReason.MIXER_FULL, self._advance("cells_dropped_mixer",
+                                                                  onion.cells_dropped_mixer_full))
+        m.cells_dropped(CellDropReason.LINK_CLOSED, self._advance("cells_dropped_link",
+                                                                   onion.cells_dropped_link_closed))
         bytes_in, bytes_out = onion.link_bytes()
+        if onion.listener is not None:  # inbound onion links that failed their handshake
+            bytes_in += onion.listener.failed_bytes_received
+            bytes_out += onion.listener.failed_bytes_sent
         m.bytes_received(self._advance("onion_in", bytes_in), Transport.TCP)
         m.bytes_sent(self._advance("onion_out", bytes_out), Transport.TCP)
 

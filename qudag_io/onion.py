@@ -208,6 +208,7 @@ class _NodeLink:
 
     def queue(self, cell: bytes) -> None:
         if self.closed:
+            self.node.cells_dropped_link_closed += len(cell) // CELL_SIZE
             return
         self.pending.append(cell)
         self.pending_cells += len(cell) // CELL_SIZE
@@ -216,6 +217,8 @@ class _NodeLink:
     def queue_many(self, cells: list) -> None:
         """Queue items of whole cells (single cells or n x 1024-byte batches)."""
         if self.closed or not cells:
+            if self.closed:
+                self.node.cells_dropped_link_closed += sum(len(c) for c in cells) // CELL_SIZE
             return
         self.pending.extend(cells)
         self.pending_cells += sum(len(c) for c in cells) // CELL_SIZE
@@ -261,7 +264,12 @@ class _NodeLink:
                 hook = self.node.link_send_hook
                 if hook is not None:
                     hook(self.peer, batch)
-                await self.conn.send(batch)
+                try:
+                    await self.conn.send(batch)
+                except ConnectionClosed:
+                    # raised before anything was written: the batch never left
+                    self.node.cells_dropped_link_closed += len(batch) // CELL_SIZE
+                    raise
         except (ConnectionClosed, asyncio.CancelledError):
             pass
         finally:
@@ -288,6 +296,11 @@ class _NodeLink:
         finally:
             self.closed = True
             self.writer.cancel()
+            # cells still queued never reach the peer (the writer is only ever suspended
+            # with its batch already handed to the transport, or with nothing queued)
+            node.cells_dropped_link_closed += self.pending_cells
+            self.pending.clear()
+            self.pending_cells = 0
             node._link_lost(self)
 
     def abort(self) -> None:
@@ -370,6 +383,9 @@ class OnionNode:
         self.circuits_built = self.circuits_failed = 0
         self.links_opened, self.links_lost = [0, 0], [0, 0]
         self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of links already lost
+        #: Cells dropped on their way out (relayed cells or this node's own): the mixer
+        #: was full; the link they were for had closed (or closed with them still queued).
+        self.cells_dropped_mixer_full = self.cells_dropped_link_closed = 0
         #: ``on_handshake_failed(exc)`` is told of every failed link handshake (metrics).
         self.on_handshake_failed: Optional[Callable[[BaseException], None]] = None
 
@@ -584,17 +600,25 @@ class OnionNode:
                     link.pending.append(cells)
                     link.pending_cells += len(cells) // CELL_SIZE
                     touched.add(link)
+                else:
+                    self.cells_dropped_link_closed += len(cells) // CELL_SIZE
             for link in touched:
                 link._queued()
         else:
             now = time.monotonic()
+            full = 0
             for link_id, cell in out:
                 if not self.mixer.push((link_id, bytes(cell[:4])), cell, now):
-                    log.warning("mixer full: cell dropped (the circuit will fail its integrity check)")
+                    full += 1
+            if full:  # one line per flush, not per cell: a burst must not flood the log
+                self.cells_dropped_mixer_full += full
+                log.warning("mixer full: %d cell(s) dropped (their circuits will fail the integrity check)", full)
             for (link_id, _), cell in self.mixer.cells_to_send(now):
                 link = links.get(link_id)
                 if link is not None:
-                    link.queue(cell)
+                    link.queue(cell)  # counts it if the link has closed
+                else:
+                    self.cells_dropped_link_closed += 1
         self._rearm()
 
     def _rearm(self) -> None:

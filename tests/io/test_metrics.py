@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from qudag_io.metrics import (CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter, NodeMetrics,
-                              Transport)
+from qudag_io.metrics import (CellDropReason, CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter,
+                              NodeMetrics, Transport)
 
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 
@@ -68,12 +68,15 @@ def test_handshakes_ok_and_failed_by_reason():
     m = NodeMetrics()
     m.handshake_ok()
     m.handshake_ok()
-    for reason in ("timeout", "bad_message", "auth_failed", "version", "cookie", "other"):
+    for reason in ("timeout", "bad_message", "auth_failed", "version", "cookie", "closed", "other"):
         m.handshake_failed(reason)
     m.handshake_failed(HandshakeFailure.TIMEOUT)
+    m.handshake_failed("mixer_full")  # a reason of another metric: not a handshake reason
     assert value(m, "qudag_handshakes_ok_total") == 2
     assert value(m, "qudag_handshakes_failed_total", reason="timeout") == 2
-    for reason in ("bad_message", "auth_failed", "version", "cookie", "other"):
+    assert value(m, "qudag_handshakes_failed_total", reason="other") == 2
+    assert m.registry.get_sample_value("qudag_handshakes_failed_total", {"reason": "mixer_full"}) is None
+    for reason in ("bad_message", "auth_failed", "version", "cookie", "closed"):
         assert value(m, "qudag_handshakes_failed_total", reason=reason) == 1
 
 
@@ -163,6 +166,23 @@ def test_circuits_cells_resolver_and_ratelimit():
     assert value(m, "qudag_ratelimit_drops_total", limiter="other") == 1
 
 
+def test_cells_dropped_by_reason():
+    m = NodeMetrics()
+    m.cells_dropped(CellDropReason.MIXER_FULL)
+    m.cells_dropped("mixer_full", 31)
+    m.cells_dropped("link_closed", 5)
+    m.cells_dropped("timeout")  # a handshake reason, not a cell-drop one
+    m.cells_dropped("10.0.0.7", 2)
+    assert value(m, "qudag_cells_dropped_total", reason="mixer_full") == 32
+    assert value(m, "qudag_cells_dropped_total", reason="link_closed") == 5
+    assert value(m, "qudag_cells_dropped_total", reason="other") == 3
+    assert m.registry.get_sample_value("qudag_cells_dropped_total", {"reason": "timeout"}) is None
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError):
+            m.cells_dropped("mixer_full", bad)  # type: ignore[arg-type]
+    assert value(m, "qudag_cells_dropped_total", reason="mixer_full") == 32
+
+
 # -- bounded series ------------------------------------------------------------------------
 
 
@@ -190,6 +210,7 @@ def simulate_peers(m: NodeMetrics, n_peers: int, seed: int) -> list[str]:
         m.circuit_built("relay")
         m.circuit_failed(rnd.choice(["client", peer_id, dark]))
         m.cells_relayed(rnd.randrange(1, 50))
+        m.cells_dropped(rnd.choice(["mixer_full", "link_closed", peer_id, ip]), rnd.randrange(0, 5))
         (m.resolver_cache_hit if rnd.random() < 0.5 else m.resolver_cache_miss)()
         if i % 3 == 0:
             m.circuit_failed()
@@ -234,12 +255,16 @@ def test_any_label_input_maps_into_the_enums(reason, op, outcome, seconds):
     m.ratelimit_drop(reason)
     m.connection_opened(reason)
     m.bytes_sent(1, reason)
+    m.cells_dropped(reason)
     allowed = NodeMetrics.label_values()
     for name, values in all_label_values(m).items():
         if name != "le":
             assert values <= set(allowed[name])
     assert len(sample_lines(m.render())) == before
-    assert value(m, "qudag_handshakes_failed_total", reason=reason if reason in allowed["reason"] else "other") == 1
+    hs_reasons = {r.value for r in HandshakeFailure}
+    assert value(m, "qudag_handshakes_failed_total", reason=reason if reason in hs_reasons else "other") == 1
+    drop_reasons = {r.value for r in CellDropReason}
+    assert value(m, "qudag_cells_dropped_total", reason=reason if reason in drop_reasons else "other") == 1
 
 
 def test_str_subclass_cannot_smuggle_its_own_text():

@@ -293,3 +293,169 @@ def test_a_failing_collect_hook_does_not_break_the_exposition(run):
             await node.stop()
 
     run(main())
+
+
+# -- cells the onion layer drops ------------------------------------------------------------
+
+
+class CellTally:
+    """Cells a relay handed to its mixer (``cell_filter``: every cell it is about to send,
+    before the mixer) and cells it really wrote to a link (``link_send_hook``), by peer:
+    the difference is what it dropped, counted without the metrics."""
+
+    def __init__(self, relay: OnionNode) -> None:
+        self.offered: dict[bytes, int] = {}
+        self.sent: dict[bytes, int] = {}
+        relay.cell_filter = self._offer
+        relay.link_send_hook = self._sent
+
+    def _offer(self, peer: bytes, cell: bytes) -> bytes:
+        self.offered[peer] = self.offered.get(peer, 0) + 1
+        return cell
+
+    def _sent(self, peer: bytes, message: bytes) -> None:
+        self.sent[peer] = self.sent.get(peer, 0) + len(message) // 1024
+
+    def dropped(self) -> int:
+        return sum(self.offered.values()) - sum(self.sent.values())
+
+
+def idle(relay: OnionNode) -> bool:
+    """Nothing waits in the relay: its mixer and every link queue are empty."""
+    return len(relay.mixer) == 0 and all(link.pending_cells == 0 for link in relay._links_by_id.values())
+
+
+def test_relay_counts_cells_dropped_by_its_full_mixer_and_for_a_closed_link(run):
+    from qudag_io.onion import MixerConfig, RelayDirectory
+
+    queue, burst = 8, 40  # one link message of 40 cells into a mixer that holds 8
+
+    async def main():
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        directory = RelayDirectory()
+        onions: list[OnionNode] = []
+        try:
+            # A relay with a tiny mixer (a real delay, so it is not the pass-through),
+            # metered by the node, between a client and an exit.
+            relay = await OnionNode.start(Identity.generate(os.urandom), directory,
+                                          mixer=MixerConfig(mean_delay=0.001, max_queue=queue))
+            onions.append(relay)
+            exit_ = await OnionNode.start(Identity.generate(os.urandom), directory)
+            onions.append(exit_)
+            client = await OnionNode.start(Identity.generate(os.urandom), directory, relay=False)
+            onions.append(client)
+            directory.add(relay.directory_entry())
+            directory.add(exit_.directory_entry())
+            node.meter_onion(relay)
+            with pytest.raises(RuntimeError):
+                node.meter_onion(exit_)  # one onion node per node's metrics
+            circ = await OnionClient(client, per_subnet=None).build_circuit(path=[relay.node_id, exit_.node_id])
+            await until(lambda: idle(relay), "the relay to go idle")
+            m0 = await scrape(node)
+            assert m0['qudag_cells_dropped_total{reason="mixer_full"}'] == 0  # building fit in the mixer
+            assert m0['qudag_cells_dropped_total{reason="link_closed"}'] == 0
+            assert m0['qudag_circuits_built_total{role="relay"}'] == 1  # the metered relay carries it
+
+            tally = CellTally(relay)
+            arrived = {"cells": 0}
+            exit_.link_recv_hook = lambda peer, msg: arrived.__setitem__("cells", arrived["cells"] + len(msg) // 1024)
+            for _ in range(burst):
+                circ.send_drop(b"cover")  # queued together: the client sends them as one link message
+            await until(lambda: sum(tally.offered.values()) >= burst and idle(relay), "the burst to pass the relay")
+            dropped = tally.dropped()
+            assert dropped == burst - queue  # the mixer kept 8 and dropped the rest of the message
+            m1 = await scrape(node)
+            assert m1['qudag_cells_dropped_total{reason="mixer_full"}'] == dropped
+            assert m1['qudag_cells_dropped_total{reason="link_closed"}'] == 0
+            # what the relay did send reached the exit
+            await until(lambda: arrived["cells"] == tally.sent.get(exit_.node_id, 0), "the cells to arrive")
+            assert arrived["cells"] == queue
+
+            # Cells queued for a link that then dies: a fresh circuit over the same links,
+            # the relay's link to the exit stops writing (hung), cells pile up, it is dropped.
+            circ2 = await OnionClient(client, per_subnet=None).build_circuit(path=[relay.node_id, exit_.node_id])
+            await until(lambda: idle(relay), "the relay to go idle")
+            tally = CellTally(relay)
+            link = relay._links_by_peer[exit_.node_id]
+            link.freeze()
+            for _ in range(5):
+                circ2.send_drop()
+            await until(lambda: link.pending_cells == 5, "the cells to queue on the hung link")
+            link.abort()
+            await until(lambda: exit_.node_id not in relay._links_by_peer and idle(relay), "the link to be dropped")
+            assert tally.dropped() == tally.offered[exit_.node_id] == 5
+            m2 = await scrape(node)
+            assert m2['qudag_cells_dropped_total{reason="link_closed"}'] == 5
+            assert m2['qudag_cells_dropped_total{reason="mixer_full"}'] == dropped
+        finally:
+            for o in onions:
+                await o.close()
+            await node.stop()
+
+    run(main())
+
+
+# -- inbound connections whose handshake fails ------------------------------------------
+
+
+async def raw_exchange(addr: tuple, data: bytes) -> bytes:
+    """Connect, send ``data``, half-close, and return everything the server sends until it
+    closes (bounded)."""
+    rd, wr = await asyncio.open_connection(*addr)
+    try:
+        wr.write(data)
+        await wr.drain()
+        wr.write_eof()
+        return await asyncio.wait_for(rd.read(), 10)
+    finally:
+        wr.close()
+
+
+def test_failed_inbound_handshakes_count_their_wire_bytes_and_reason(run):
+    import time
+
+    from qudag_core.link import Link
+
+    async def main():
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings(relay=True))
+
+        def failed(reason: str) -> float:
+            return node.metrics.registry.get_sample_value("qudag_handshakes_failed_total", {"reason": reason})
+
+        try:
+            m0 = await scrape(node)
+            # Garbage: an unknown frame type, answered with an ALERT.
+            garbage = b"\xff" * 300
+            reply = await raw_exchange(tuple(node.listener.addresses[0]), garbage)
+            await until(lambda: failed("bad_message") == 1, "the failure to be counted")
+            m1 = await scrape(node)
+            assert len(reply) > 0
+            assert m1['qudag_bytes_received_total{transport="tcp"}'] - m0['qudag_bytes_received_total{transport="tcp"}'] == len(garbage)
+            assert m1['qudag_bytes_sent_total{transport="tcp"}'] - m0['qudag_bytes_sent_total{transport="tcp"}'] == len(reply)
+
+            # A real first handshake message, cut in half, then the client hangs up.
+            first = Link.initiator(identity=Identity.generate(os.urandom), now=time.time(), rng=os.urandom,
+                                   peer_certificate=node.listener.certificate).data_to_send()
+            truncated = first[: len(first) // 2]
+            assert len(truncated) > 100
+            reply = await raw_exchange(tuple(node.listener.addresses[0]), truncated)
+            await until(lambda: failed("closed") == 1, "the failure to be counted")
+            m2 = await scrape(node)
+            assert reply == b""  # the responder had nothing to answer yet
+            assert m2['qudag_bytes_received_total{transport="tcp"}'] - m1['qudag_bytes_received_total{transport="tcp"}'] == len(truncated)
+            assert m2['qudag_bytes_sent_total{transport="tcp"}'] == m1['qudag_bytes_sent_total{transport="tcp"}']
+
+            # The onion relay's listener: the same, read from its own listener.
+            reply = await raw_exchange(tuple(node.onion.address), garbage[:123])
+            await until(lambda: failed("bad_message") == 2, "the failure to be counted")
+            m3 = await scrape(node)
+            assert m3['qudag_bytes_received_total{transport="tcp"}'] - m2['qudag_bytes_received_total{transport="tcp"}'] == 123
+            assert m3['qudag_bytes_sent_total{transport="tcp"}'] - m2['qudag_bytes_sent_total{transport="tcp"}'] == len(reply)
+            # None of them is a connection or a completed handshake.
+            assert m3["qudag_handshakes_ok_total"] == 0
+            assert m3['qudag_connections_opened_total{direction="inbound"}'] == 0
+            assert m3['qudag_handshakes_failed_total{reason="other"}'] == 0
+        finally:
+            await node.stop()
+
+    run(main())

@@ -148,6 +148,9 @@ def test_classify_handshake_failure():
     assert classify_handshake_failure(ConnectionClosed(0x06, "auth", True)) is HandshakeFailure.AUTH_FAILED
     assert classify_handshake_failure(ConnectionClosed(0x05, "v", True)) is HandshakeFailure.VERSION
     assert classify_handshake_failure(ConnectionClosed(0x99, "?", True)) is HandshakeFailure.OTHER
+    # the transport ended mid-handshake (the link core's code 0, by the peer)
+    assert classify_handshake_failure(ConnectionClosed(0, "transport closed by peer", True)) is HandshakeFailure.CLOSED
+    assert classify_handshake_failure(ConnectionClosed(0, "closed locally", False)) is HandshakeFailure.OTHER
     assert classify_handshake_failure(ValueError()) is HandshakeFailure.OTHER
 
 
