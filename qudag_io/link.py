@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate, NodeId
 from qudag_core.link import Established, Link, LinkConfig, MessageReceived, ResponderContext, Terminated
+from qudag_core.link.core import LinkNotEstablished
 
 __all__ = ["Connection", "ConnectionClosed", "Listener", "connect", "listen"]
 
@@ -199,7 +200,12 @@ class LinkProtocol(asyncio.Protocol):
         if self.closed is not None:
             raise self.closed
         assert self.core is not None
-        self.core.send_message(data, time.time())
+        try:
+            self.core.send_message(data, time.time())
+        except LinkNotEstablished:
+            # Ended (our close() or the peer's), but the transport has not reported
+            # connection_lost yet: to a caller that is the same closed link.
+            raise ConnectionClosed(0, "link closing", False) from None
         self._transmit()
 
     def freeze(self) -> None:

@@ -75,6 +75,35 @@ def test_ten_thousand_messages_hash_verified(run_loop):
     run_loop(main, timeout=120)
 
 
+def test_send_on_a_closing_link_is_connection_closed(run_loop):
+    """Between our close() and the transport reporting the end, a send is refused with
+    ``ConnectionClosed`` (what callers handle), not the core's ``LinkNotEstablished``."""
+
+    async def main():
+        async def handler(conn):
+            try:
+                while True:
+                    await conn.recv()
+            except ConnectionClosed:
+                pass
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler) as lst:
+            host, port = lst.addresses[0]
+            conn = await connect(host, port, identity=ALICE, peer_certificate=lst.certificate)
+            await conn.send(b"before")
+            closing = asyncio.create_task(conn.close())
+            await asyncio.sleep(0)  # close() has ended the core and now waits for the transport
+            with pytest.raises(ConnectionClosed):
+                conn.send_nowait(b"after")
+            with pytest.raises(ConnectionClosed):
+                await conn.send(b"after")
+            await closing
+            with pytest.raises(ConnectionClosed):
+                await conn.send(b"after")
+
+    run_loop(main, timeout=30)
+
+
 def test_connect_by_identity_without_certificate(run_loop):
     async def main():
         async def handler(conn):
