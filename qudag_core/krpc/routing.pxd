@@ -4,9 +4,9 @@
 # Ids and distances stay Python ints (160 bits); times stay objects (None = never).
 
 cdef class Node:
-    cdef public object node_id, addr, id_int, prefix, last_response, last_query
+    cdef public object node_id, addr, prefix, last_response, last_query
     cdef public object first_seen, ping_sent, compact
-    cdef public Py_ssize_t failures
+    cdef public Py_ssize_t failures, slot
 
 cdef class _Bucket:
     cdef public list nodes
@@ -17,3 +17,5 @@ cdef class RoutingTable:
     cdef public object own_id, config
     cdef object _own, _created
     cdef dict _buckets, _nodes, _by_addr, _prefix_count, _prefix_memo
+    cdef bytearray _ids
+    cdef list _slots
