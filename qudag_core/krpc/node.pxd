@@ -3,6 +3,9 @@
 # calls on a struct instead of attribute lookups and Python calls.  Fields stay public:
 # tests and the adapters read them.
 
+cimport cython
+from qudag_core.krpc.lookup cimport Lookup
+
 cdef class _Op:
     cdef public object op_id, kind, target, lookup, phase, pending, stored, failed, peers
     cdef public object peer_set, salt, seq, put, port, implied_port, internal, addr
@@ -26,7 +29,9 @@ cdef class KrpcNode:
     cdef dict _answer(self, q, addr, now)
     cdef bint _id_ok(self, node_id, host) except -1
     cdef object _note_querier(self, node_id, addr, now)
-    cdef object _on_response(self, r, addr, now)
+    @cython.locals(lk=Lookup, raw=bytes, i=Py_ssize_t, end=Py_ssize_t, step=Py_ssize_t,
+                   room=Py_ssize_t, nodes=list)
+    cdef object _on_response(self, r, addr, now, raw4, raw6)
     cdef object _accept(self, node_id, addr, now, latency)
     cdef object _blame(self, node_id, now)
     cdef object _new_tid(self)

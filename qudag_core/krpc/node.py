@@ -60,7 +60,7 @@ _STAT_KEYS: dict = {}  # query METHOD -> its stats key
 
 # Names the per-datagram path uses, bound once (a module attribute lookup each time
 # adds up over a dozen per datagram).
-_parse_message = M.parse_message
+_parse_datagram = M.parse_datagram
 _encode = M.bencode.encode
 _BUDGET = M.DATAGRAM_BUDGET
 _Response, _Error, _UnknownQuery, _Query = M.Response, M.Error, M.UnknownQuery, M.Query
@@ -398,7 +398,7 @@ class KrpcNode:
     # ---- receive path ----------------------------------------------------------------
     def _receive(self, data: bytes, addr: tuple, now: float, datagram: bool) -> Optional[bytes]:
         try:
-            msg = _parse_message(data)
+            msg, raw4, raw6 = _parse_datagram(data)
         except KrpcError as exc:
             tid = exc.transaction_id
             if tid is None:
@@ -416,7 +416,7 @@ class KrpcNode:
                 return None
             return self._error(tid, exc.error_code, str(exc))
         if isinstance(msg, _Response):
-            self._on_response(msg, addr, now)
+            self._on_response(msg, addr, now, raw4, raw6)
             return None
         if isinstance(msg, _Error):
             p = self._pending.get(msg.transaction_id)
@@ -634,7 +634,10 @@ class KrpcNode:
         op.addr = addr
         self._send_query(op, node_id, addr, M.Ping(transaction_id=b"-", node_id=self.node_id), now)
 
-    def _on_response(self, r: M.Response, addr: tuple, now: float) -> None:
+    def _on_response(self, r: M.Response, addr: tuple, now: float, raw4: Optional[bytes],
+                     raw6: Optional[bytes]) -> None:
+        """``r`` with its node lists left as their checked compact bytes ``raw4`` /
+        ``raw6`` (``messages.parse_datagram``)."""
         p = self._pending.get(r.transaction_id)
         if p is None or p.addr != addr:
             self.stats["dropped"] += 1  # unknown tid, or another address: dropped, not trusted
@@ -655,15 +658,18 @@ class KrpcNode:
             # cap is the lookup's own, applied to the reply as sent.
             nodes = []
             room = lk.max_nodes_per_response
-            knows = lk.knows
-            for lst in (r.nodes, r.nodes6):
-                if lst:
-                    for n in lst:
-                        if room <= 0:
-                            break
+            for step in (26, 38):
+                raw = raw4 if step == 26 else raw6
+                if raw:
+                    end = len(raw)
+                    i = 0
+                    while i < end and room > 0:
                         room -= 1
-                        if not knows(n[0]):
-                            nodes.append((n[0], (_host(n[1]), n[2])))
+                        nid = raw[i:i + 20]
+                        if not lk.knows(nid):
+                            nodes.append((nid, (_host(raw[i + 20:i + step - 2]),
+                                                (raw[i + step - 2] << 8) | raw[i + step - 1])))
+                        i += step
             values = None
             if op.kind in (_K_PEERS, _K_ANNOUNCE) and r.values:
                 values = [(_host(v.ip), v.port) for v in r.values]
