@@ -5,6 +5,7 @@
 
 cimport cython
 from qudag_core.krpc.lookup cimport Lookup
+from qudag_core.krpc.routing cimport RoutingTable
 
 cdef class _Op:
     cdef public object op_id, kind, target, lookup, phase, pending, stored, failed, peers
@@ -15,7 +16,8 @@ cdef class _Pending:
     cdef public object tid, op, node_id, addr, sent_at, deadline, method
 
 cdef class KrpcNode:
-    cdef public object node_id, config, table, tokens, store, reputation, ratelimit
+    cdef public object node_id, config, tokens, store, reputation, ratelimit
+    cdef public RoutingTable table
     cdef public object _rng, _peers, _pinged, _tid_pool, _now, _maintenance_at
     cdef public dict _pending, _ops, _id_ok_memo, stats
     cdef public list _heap, _out, _events, _bootstrap_addrs
@@ -37,4 +39,5 @@ cdef class KrpcNode:
     cdef object _new_tid(self)
     cdef bint _send_query(self, op, node_id, addr, q, now, template=*) except -1
     cdef object _send(self, data, addr)
+    @cython.locals(lk=Lookup)
     cdef object _pump(self, op, now)

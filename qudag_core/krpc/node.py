@@ -479,19 +479,13 @@ class KrpcNode:
 
     def _nodes_for(self, r: dict, target: bytes, addr: tuple) -> None:
         """Add ``nodes`` (and ``nodes6`` for IPv6 requesters, BEP 32) to reply dict ``r``."""
-        nodes = []
-        nodes6 = []
-        for n in self.table.closest(target, self.config.k):
-            c = n.compact
-            if c is None:
-                continue
-            (nodes if len(c) == 26 else nodes6).append(c)
+        nodes, nodes6 = self.table.compact_closest(target, self.config.k)
         if ":" in addr[0]:
-            r[b"nodes6"] = b"".join(nodes6)
+            r[b"nodes6"] = nodes6
             if nodes:
-                r[b"nodes"] = b"".join(nodes)
+                r[b"nodes"] = nodes
         else:
-            r[b"nodes"] = b"".join(nodes)
+            r[b"nodes"] = nodes
 
     def _answer(self, q: M.Query, addr: tuple, now: float) -> dict:
         """The reply to ``q`` as a bencode-ready dict.  Built directly rather than through

@@ -3,6 +3,8 @@
 # as extension types their fields are struct slots, not descriptor lookups.
 # Ids and distances stay Python ints (160 bits); times stay objects (None = never).
 
+cimport cython
+
 cdef class Node:
     cdef public object node_id, addr, prefix, last_response, last_query
     cdef public object first_seen, ping_sent, compact
@@ -19,3 +21,7 @@ cdef class RoutingTable:
     cdef dict _buckets, _nodes, _by_addr, _prefix_count, _prefix_memo
     cdef bytearray _ids
     cdef list _slots
+
+    cpdef tuple compact_closest(self, target, Py_ssize_t count)
+    @cython.locals(node=Node, slots=list, n=Py_ssize_t, limit=Py_ssize_t, want=Py_ssize_t, out=list)
+    cdef list _nearest(self, target, Py_ssize_t count, bint include_bad)

@@ -404,8 +404,22 @@ class RoutingTable:
     def closest(self, target: bytes, count: int | None = None, *, include_bad: bool = False) -> list[Node]:
         """Up to ``count`` (default k) nodes sorted by XOR distance to ``target``; bad
         nodes are left out unless ``include_bad``."""
-        if count is None:
-            count = self.config.k
+        return self._nearest(target, self.config.k if count is None else count, include_bad)
+
+    def compact_closest(self, target: bytes, count: int) -> tuple:
+        """``(nodes, nodes6)``: the compact node info (BEP 5; BEP 32 for IPv6) of the
+        ``count`` good nodes closest to ``target``, each family concatenated, closest
+        first: the ``nodes``/``nodes6`` of a find_node reply, built without a list of
+        nodes in between."""
+        v4 = []
+        v6 = []
+        for node in self._nearest(target, count, False):
+            c = node.compact
+            if c is not None:
+                (v4 if len(c) == 26 else v6).append(c)
+        return b"".join(v4), b"".join(v6)
+
+    def _nearest(self, target: bytes, count: int, include_bad: bool) -> list:
         slots = self._slots
         n = len(slots)
         if count <= 0 or n == 0:
