@@ -119,11 +119,24 @@ class NodeConfig:
     unreachable nodes: they can bootstrap, look up, get and put, but serve nothing."""
 
 
+_NO_IP = object()
+_IP_MEMO: dict = {}  # host string -> packed address or None: a pure function's cache
+
+
 def _compact_ip(host: str) -> Optional[bytes]:
-    try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except (OSError, ValueError, TypeError):
-        return None
+    # Every datagram needs its sender's packed address twice (the address check and the
+    # BEP 42 ``ip`` field of the reply); peers repeat, so memoise (bounded).
+    ip = _IP_MEMO.get(host, _NO_IP)
+    if ip is _NO_IP:
+        try:
+            ip = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except (OSError, ValueError, TypeError):
+            ip = None
+        if type(host) is str:
+            if len(_IP_MEMO) >= 4096:
+                _IP_MEMO.clear()
+            _IP_MEMO[host] = ip
+    return ip
 
 
 def _host(ip: bytes) -> str:
@@ -141,7 +154,9 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
         return None
     if _compact_ip(host) is None:  # hosts are IP literals (tokens and the table need one)
         return None
-    return (host, port)
+    if type(addr) is tuple and len(addr) == 2 and type(port) is int:
+        return addr  # already (host, port): no new tuple per datagram
+    return (host, int(port))
 
 
 class _Op:
