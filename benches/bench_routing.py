@@ -99,7 +99,7 @@ def test_closest_peer_kademlia(benchmark):
 @pytest.mark.benchmark(group="routing-closest")
 def test_closest_brute_force_sort(benchmark):
     t = build_ours()
-    everyone = [(n.id_int, n) for n in t]
+    everyone = [(int.from_bytes(n.node_id, "big"), n) for n in t]
 
     def run():
         out = []

@@ -3,6 +3,8 @@
 # as extension types those are struct fields instead of dictionary-backed slots.
 # Distances stay Python ints (160 bits).
 
+cimport cython
+
 cdef class _Cand:
     cdef public object node_id, addr, dist, token
     cdef public int state
@@ -23,6 +25,9 @@ cdef class Lookup:
     cdef bint _done
 
     cpdef bint knows(self, node_id)
+    @cython.locals(c=_Cand, top=list, eligible=list, out=list, j=Py_ssize_t, slots=Py_ssize_t,
+                   want=Py_ssize_t)
+    cpdef list next_queries(self, double now)
     cdef list _best(self, list eligible, Py_ssize_t want)
     cdef _add(self, node_id, addr)
     cdef _drop(self, Py_ssize_t j)

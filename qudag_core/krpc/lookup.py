@@ -143,7 +143,12 @@ class Lookup:
         if slots <= 0 or self.queries >= self.max_queries:
             return []
         want = min(slots, self.max_queries - self.queries)
-        eligible = [c for c in self._list[:self.k] if c.state == _PENDING]
+        eligible = []
+        top = self._list
+        for j in range(min(self.k, len(top))):
+            c = top[j]
+            if c.state == _PENDING:
+                eligible.append(c)
         if self._score is not None and len(eligible) > 1:
             eligible = self._best(eligible, want)
         out = []

@@ -28,6 +28,9 @@ cpdef object _get_bytes(dict d, bytes key, object tid, Py_ssize_t lo, Py_ssize_t
 
 cdef object _node_info(object node_id, object ip, object port)
 
+@cython.locals(i=Py_ssize_t, n=Py_ssize_t)
+cdef _check_nodes(bytes raw, Py_ssize_t step, object tid, str what)
+
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t, port=int, out=list)
 cpdef tuple _parse_nodes(bytes raw, Py_ssize_t step, object tid, str what)
 

@@ -82,6 +82,7 @@ __all__ = [
     "UnknownQuery",
     "Response",
     "Error",
+    "parse_datagram",
     "parse_message",
     "immutable_target",
     "mutable_target",
@@ -258,15 +259,22 @@ def _node_info(node_id: bytes, ip: bytes, port: int) -> NodeInfo:
     return _tuple_new(NodeInfo, (node_id, ip, port))
 
 
+def _check_nodes(raw: bytes, step: int, tid: Optional[bytes], what: str) -> None:
+    """The checks ``_parse_nodes`` makes, without building anything."""
+    n = len(raw)
+    if n % step:
+        raise _fail(f"{what!r} length {n} is not a multiple of {step}", tid)
+    for i in range(step - 2, n, step):
+        if raw[i] == 0 and raw[i + 1] == 0:
+            raise _fail(f"{what!r}: node with port 0", tid)
+
+
 def _parse_nodes(raw: bytes, step: int, tid: Optional[bytes], what: str) -> tuple[NodeInfo, ...]:
-    if len(raw) % step:
-        raise _fail(f"{what!r} length {len(raw)} is not a multiple of {step}", tid)
+    _check_nodes(raw, step, tid, what)
     out = []
     n = len(raw)
     for i in range(0, n, step):
         port = (raw[i + step - 2] << 8) | raw[i + step - 1]
-        if port == 0:
-            raise _fail(f"{what!r}: node with port 0", tid)
         out.append(_node_info(raw[i:i + 20], raw[i + 20:i + step - 2], port))
     return tuple(out)
 
@@ -745,15 +753,30 @@ _QUERIES = {
 
 
 def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
+    return _response(common, msg, tid, False)[0]
+
+
+def _response(common: dict, msg: dict, tid: bytes, raw_nodes: bool) -> tuple:
+    """``(response, nodes, nodes6)``.  With ``raw_nodes`` the two node lists are checked
+    exactly as ``_parse_nodes`` checks them but returned as their compact bytes (None if
+    absent) and left unset in the response; otherwise they are parsed into it."""
     r = _get_dict(msg, b"r", tid)
     node_id = _get_bytes(r, b"id", tid, ID_LEN, ID_LEN)
     nodes = nodes6 = values = None
-    raw = _get_bytes(r, b"nodes", tid, 0, MESSAGE_MAX_SIZE, required=False)
-    if raw is not None:
-        nodes = _parse_nodes(raw, 26, tid, "nodes")
-    raw = _get_bytes(r, b"nodes6", tid, 0, MESSAGE_MAX_SIZE, required=False)
-    if raw is not None:
-        nodes6 = _parse_nodes(raw, 38, tid, "nodes6")
+    raw4 = _get_bytes(r, b"nodes", tid, 0, MESSAGE_MAX_SIZE, required=False)
+    if raw4 is not None:
+        if raw_nodes:
+            _check_nodes(raw4, 26, tid, "nodes")
+        else:
+            nodes = _parse_nodes(raw4, 26, tid, "nodes")
+            raw4 = None
+    raw6 = _get_bytes(r, b"nodes6", tid, 0, MESSAGE_MAX_SIZE, required=False)
+    if raw6 is not None:
+        if raw_nodes:
+            _check_nodes(raw6, 38, tid, "nodes6")
+        else:
+            nodes6 = _parse_nodes(raw6, 38, tid, "nodes6")
+            raw6 = None
     vals = r.get(b"values")
     if vals is not None:
         if type(vals) is not list:
@@ -767,7 +790,7 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
     record = None
     if b"rec" in r:
         record = _parse_record(r, tid)
-    return _build(Response, (
+    resp = _build(Response, (
         tid,
         common.get("client_version"),
         common.get("ip"),
@@ -782,6 +805,7 @@ def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
         _get_bytes(r, b"sig", tid, ED25519_SIG_LEN, ED25519_SIG_LEN, required=False),
         record,
     ))
+    return resp, raw4, raw6
 
 
 _new_object = object.__new__
@@ -817,12 +841,12 @@ def _parse_error(common: dict, msg: dict, tid: bytes) -> Error:
     return Error(code=e[0], message=e[1], **common)
 
 
-def _from_dict(msg: Any) -> Message:
+def _common(msg: Any) -> dict:
+    """The fields every message has: ``transaction_id``, ``client_version``, ``ip``."""
     if type(msg) is not dict:
         raise _fail("a KRPC message is a dictionary", None)
     tid = _get_bytes(msg, b"t", None, 1, TID_MAX)
     common: dict[str, Any] = {"transaction_id": tid}
-    y = msg.get(b"y")
     version = _get_bytes(msg, b"v", tid, 0, VERSION_MAX, required=False)
     if version is not None:
         common["client_version"] = version
@@ -831,6 +855,13 @@ def _from_dict(msg: Any) -> Message:
         if type(ip) is not bytes or len(ip) not in (6, 18):
             raise _fail("'ip' must be a 6- or 18-byte compact address", tid)
         common["ip"] = _parse_addr(ip, tid, "ip")
+    return common
+
+
+def _from_dict(msg: Any) -> Message:
+    common = _common(msg)
+    tid = common["transaction_id"]
+    y = msg.get(b"y")
     if y == b"q":
         method = _get_bytes(msg, b"q", tid, 1, METHOD_MAX)
         a = _get_dict(msg, b"a", tid)
@@ -860,6 +891,20 @@ def _from_dict(msg: Any) -> Message:
 def parse_message(data: bytes, max_size: int = MESSAGE_MAX_SIZE) -> Union[Query, UnknownQuery, Response, Error]:
     """Parse one KRPC message; ``KrpcError`` (incl. ``BencodeError``) for anything else."""
     return _from_dict(bencode.decode(data, max_size))  # type: ignore[return-value]
+
+
+def parse_datagram(data: bytes) -> tuple:
+    """``(message, nodes, nodes6)``: ``parse_message`` for a node's receive path.  A
+    response comes back with its ``nodes``/``nodes6`` unset and their compact bytes
+    beside it (checked exactly as ``parse_message`` checks them, so the same inputs are
+    refused with the same errors); for anything else both are None.  A lookup reads ids
+    out of those bytes and converts only the nodes it has not seen: building k
+    ``NodeInfo`` per reply was most of the cost of parsing one."""
+    d = bencode.decode(data, MESSAGE_MAX_SIZE)
+    if type(d) is dict and d.get(b"y") == b"r":
+        common = _common(d)
+        return _response(common, d, common["transaction_id"], True)
+    return _from_dict(d), None, None
 
 
 # ---- BEP 44 helpers ----------------------------------------------------------------

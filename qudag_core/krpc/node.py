@@ -60,7 +60,7 @@ _STAT_KEYS: dict = {}  # query METHOD -> its stats key
 
 # Names the per-datagram path uses, bound once (a module attribute lookup each time
 # adds up over a dozen per datagram).
-_parse_message = M.parse_message
+_parse_datagram = M.parse_datagram
 _encode = M.bencode.encode
 _BUDGET = M.DATAGRAM_BUDGET
 _Response, _Error, _UnknownQuery, _Query = M.Response, M.Error, M.UnknownQuery, M.Query
@@ -119,11 +119,24 @@ class NodeConfig:
     unreachable nodes: they can bootstrap, look up, get and put, but serve nothing."""
 
 
+_NO_IP = object()
+_IP_MEMO: dict = {}  # host string -> packed address or None: a pure function's cache
+
+
 def _compact_ip(host: str) -> Optional[bytes]:
-    try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except (OSError, ValueError, TypeError):
-        return None
+    # Every datagram needs its sender's packed address twice (the address check and the
+    # BEP 42 ``ip`` field of the reply); peers repeat, so memoise (bounded).
+    ip = _IP_MEMO.get(host, _NO_IP)
+    if ip is _NO_IP:
+        try:
+            ip = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except (OSError, ValueError, TypeError):
+            ip = None
+        if type(host) is str:
+            if len(_IP_MEMO) >= 4096:
+                _IP_MEMO.clear()
+            _IP_MEMO[host] = ip
+    return ip
 
 
 def _host(ip: bytes) -> str:
@@ -141,7 +154,9 @@ def _norm_addr(addr: Any) -> Optional[tuple]:
         return None
     if _compact_ip(host) is None:  # hosts are IP literals (tokens and the table need one)
         return None
-    return (host, port)
+    if type(addr) is tuple and len(addr) == 2 and type(port) is int:
+        return addr  # already (host, port): no new tuple per datagram
+    return (host, int(port))
 
 
 class _Op:
@@ -398,7 +413,7 @@ class KrpcNode:
     # ---- receive path ----------------------------------------------------------------
     def _receive(self, data: bytes, addr: tuple, now: float, datagram: bool) -> Optional[bytes]:
         try:
-            msg = _parse_message(data)
+            msg, raw4, raw6 = _parse_datagram(data)
         except KrpcError as exc:
             tid = exc.transaction_id
             if tid is None:
@@ -416,7 +431,7 @@ class KrpcNode:
                 return None
             return self._error(tid, exc.error_code, str(exc))
         if isinstance(msg, _Response):
-            self._on_response(msg, addr, now)
+            self._on_response(msg, addr, now, raw4, raw6)
             return None
         if isinstance(msg, _Error):
             p = self._pending.get(msg.transaction_id)
@@ -479,19 +494,13 @@ class KrpcNode:
 
     def _nodes_for(self, r: dict, target: bytes, addr: tuple) -> None:
         """Add ``nodes`` (and ``nodes6`` for IPv6 requesters, BEP 32) to reply dict ``r``."""
-        nodes = []
-        nodes6 = []
-        for n in self.table.closest(target, self.config.k):
-            c = n.compact
-            if c is None:
-                continue
-            (nodes if len(c) == 26 else nodes6).append(c)
+        nodes, nodes6 = self.table.compact_closest(target, self.config.k)
         if ":" in addr[0]:
-            r[b"nodes6"] = b"".join(nodes6)
+            r[b"nodes6"] = nodes6
             if nodes:
-                r[b"nodes"] = b"".join(nodes)
+                r[b"nodes"] = nodes
         else:
-            r[b"nodes"] = b"".join(nodes)
+            r[b"nodes"] = nodes
 
     def _answer(self, q: M.Query, addr: tuple, now: float) -> dict:
         """The reply to ``q`` as a bencode-ready dict.  Built directly rather than through
@@ -634,7 +643,10 @@ class KrpcNode:
         op.addr = addr
         self._send_query(op, node_id, addr, M.Ping(transaction_id=b"-", node_id=self.node_id), now)
 
-    def _on_response(self, r: M.Response, addr: tuple, now: float) -> None:
+    def _on_response(self, r: M.Response, addr: tuple, now: float, raw4: Optional[bytes],
+                     raw6: Optional[bytes]) -> None:
+        """``r`` with its node lists left as their checked compact bytes ``raw4`` /
+        ``raw6`` (``messages.parse_datagram``)."""
         p = self._pending.get(r.transaction_id)
         if p is None or p.addr != addr:
             self.stats["dropped"] += 1  # unknown tid, or another address: dropped, not trusted
@@ -655,15 +667,18 @@ class KrpcNode:
             # cap is the lookup's own, applied to the reply as sent.
             nodes = []
             room = lk.max_nodes_per_response
-            knows = lk.knows
-            for lst in (r.nodes, r.nodes6):
-                if lst:
-                    for n in lst:
-                        if room <= 0:
-                            break
+            for step in (26, 38):
+                raw = raw4 if step == 26 else raw6
+                if raw:
+                    end = len(raw)
+                    i = 0
+                    while i < end and room > 0:
                         room -= 1
-                        if not knows(n[0]):
-                            nodes.append((n[0], (_host(n[1]), n[2])))
+                        nid = raw[i:i + 20]
+                        if not lk.knows(nid):
+                            nodes.append((nid, (_host(raw[i + 20:i + step - 2]),
+                                                (raw[i + step - 2] << 8) | raw[i + step - 1])))
+                        i += step
             values = None
             if op.kind in (_K_PEERS, _K_ANNOUNCE) and r.values:
                 values = [(_host(v.ip), v.port) for v in r.values]

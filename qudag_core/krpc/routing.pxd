@@ -3,10 +3,12 @@
 # as extension types their fields are struct slots, not descriptor lookups.
 # Ids and distances stay Python ints (160 bits); times stay objects (None = never).
 
+cimport cython
+
 cdef class Node:
-    cdef public object node_id, addr, id_int, prefix, last_response, last_query
+    cdef public object node_id, addr, prefix, last_response, last_query
     cdef public object first_seen, ping_sent, compact
-    cdef public Py_ssize_t failures
+    cdef public Py_ssize_t failures, slot
 
 cdef class _Bucket:
     cdef public list nodes
@@ -17,3 +19,9 @@ cdef class RoutingTable:
     cdef public object own_id, config
     cdef object _own, _created
     cdef dict _buckets, _nodes, _by_addr, _prefix_count, _prefix_memo
+    cdef bytearray _ids
+    cdef list _slots
+
+    cpdef tuple compact_closest(self, target, Py_ssize_t count)
+    @cython.locals(node=Node, slots=list, n=Py_ssize_t, limit=Py_ssize_t, want=Py_ssize_t, out=list)
+    cdef list _nearest(self, target, Py_ssize_t count, bint include_bad)

@@ -14,8 +14,9 @@ i < depth plus one catch-all bucket; the fixed layout has the same buckets and s
 never merges the deep ones, i.e. it is the tree after every possible split of our own
 bucket.  That removes all splitting code, makes the bucket index one ``bit_length``,
 keeps memory bounded by 160 x k entries (only about log2(N) + a few buckets are ever
-populated), and lets ``closest()`` walk buckets in XOR-distance order instead of sorting
-the whole table.
+populated).  ``closest()`` does not walk buckets: every id in the table is also packed in
+one array, and the k nearest are selected over it in one pass with a bounded heap (C
+kernel ``csrc/kademlia.c``; ``closest_indices_py`` is its pure reference).
 
 The table never reads a clock or draws randomness: every mutating call takes ``now``
 (seconds, any monotonic origin) and ``due_refreshes`` takes ``rng(n) -> bytes``.  It
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import ipaddress
 import socket
 from collections import OrderedDict
@@ -57,6 +59,24 @@ Address = tuple  # (host: str, port: int); an alias for documentation only
 def distance(a: bytes, b: bytes) -> int:
     """XOR distance between two 20-byte ids as an integer."""
     return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def closest_indices_py(ids: bytes | bytearray, target: bytes, count: int) -> list[int]:
+    """Indices into ``ids`` (packed 20-byte ids) of the ``count`` ids nearest to
+    ``target`` by XOR distance, nearest first: the reference for the C kernel
+    ``qudag_core._kademlia.closest_indices`` (same contract, same errors)."""
+    if len(ids) % ID_BYTES or len(target) != ID_BYTES:
+        raise ValueError("ids must be packed 20-byte ids and target 20 bytes")
+    t = int.from_bytes(target, "big")
+    n = len(ids) // ID_BYTES
+    keys = [int.from_bytes(ids[ID_BYTES * i:ID_BYTES * (i + 1)], "big") ^ t for i in range(n)]
+    return heapq.nsmallest(max(0, min(count, n)), range(n), key=keys.__getitem__)
+
+
+try:
+    from qudag_core._kademlia import closest_indices as _closest_indices
+except ImportError:  # pure build (QUDAG_NO_EXTENSIONS=1) or no compiler
+    _closest_indices = closest_indices_py
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -158,13 +178,12 @@ def address_prefix(host: str, config: DiversityConfig = DiversityConfig()) -> by
 class Node:
     """One routing-table entry.  Returned by the table for reading; do not mutate."""
 
-    __slots__ = ("node_id", "addr", "id_int", "prefix", "last_response", "last_query",
-                 "failures", "first_seen", "ping_sent", "compact")
+    __slots__ = ("node_id", "addr", "prefix", "last_response", "last_query",
+                 "failures", "first_seen", "ping_sent", "compact", "slot")
 
     def __init__(self, node_id: bytes, addr: tuple, prefix: bytes, now: float) -> None:
         self.node_id = node_id
         self.addr = addr
-        self.id_int = int.from_bytes(node_id, "big")
         self.prefix = prefix
         #: BEP 5 compact node info (26 bytes; 38 for IPv6, BEP 32), or None if the host
         #: has no packed form (an IPv6 scope id).  Built once: every find_node reply
@@ -175,6 +194,8 @@ class Node:
         self.failures = 0
         self.first_seen = now
         self.ping_sent: float | None = None
+        #: position in the table's packed id array while in a bucket, else -1
+        self.slot = -1
 
     def state(self, now: float, config: RoutingConfig) -> NodeState:
         if self.failures >= config.bad_after_failures:
@@ -238,6 +259,11 @@ class RoutingTable:
         self._by_addr: dict[tuple, bytes] = {}
         self._prefix_count: dict[bytes, int] = {}
         self._prefix_memo: dict = {}
+        # Every node in a bucket, and its id packed at 20 * node.slot in ``_ids``:
+        # ``closest()`` selects over the packed ids (in C when built) instead of
+        # building a 160-bit integer key per node per query.
+        self._ids = bytearray()
+        self._slots: list[Node] = []
 
     # -- inspection ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -378,46 +404,39 @@ class RoutingTable:
     def closest(self, target: bytes, count: int | None = None, *, include_bad: bool = False) -> list[Node]:
         """Up to ``count`` (default k) nodes sorted by XOR distance to ``target``; bad
         nodes are left out unless ``include_bad``."""
-        if count is None:
-            count = self.config.k
-        if count <= 0 or not self._nodes:
+        return self._nearest(target, self.config.k if count is None else count, include_bad)
+
+    def compact_closest(self, target: bytes, count: int) -> tuple:
+        """``(nodes, nodes6)``: the compact node info (BEP 5; BEP 32 for IPv6) of the
+        ``count`` good nodes closest to ``target``, each family concatenated, closest
+        first: the ``nodes``/``nodes6`` of a find_node reply, built without a list of
+        nodes in between."""
+        v4 = []
+        v6 = []
+        for node in self._nearest(target, count, False):
+            c = node.compact
+            if c is not None:
+                (v4 if len(c) == 26 else v6).append(c)
+        return b"".join(v4), b"".join(v6)
+
+    def _nearest(self, target: bytes, count: int, include_bad: bool) -> list:
+        slots = self._slots
+        n = len(slots)
+        if count <= 0 or n == 0:
             return []
-        t = int.from_bytes(target, "big")
-        j = ID_BITS - (t ^ self._own).bit_length()
         limit = self.config.bad_after_failures
-        # Buckets in distance order: j (shares j+1 bits with target), then every deeper
-        # bucket (all at distance with top bit j), then j-1, j-2, ... 0.  Only buckets
-        # that exist are visited (about log2(N) of the 160).
-        buckets = self._buckets
-        deeper = []
-        shallower = []
-        for i in buckets:
-            if i > j:
-                deeper.append(i)
-            elif i < j:
-                shallower.append(i)
-        shallower.sort(reverse=True)
-        groups: list = []
-        if j in buckets:
-            groups.append((j,))
-        groups.append(deeper)
-        for i in shallower:
-            groups.append((i,))
-        out: list[Node] = []
-        for g in groups:
-            cand = []
-            for i in g:
-                for n in buckets[i].nodes:
-                    if include_bad or n.failures < limit:
-                        cand.append(n)
-            if not cand:
-                continue
-            if len(cand) > 1:
-                cand.sort(key=lambda n: n.id_int ^ t)
-            out.extend(cand)
-            if len(out) >= count:
-                break
-        return out[:count]
+        want = count
+        while True:
+            out: list[Node] = []
+            for i in _closest_indices(self._ids, target, want):
+                node = slots[i]
+                if include_bad or node.failures < limit:
+                    out.append(node)
+                    if len(out) == count:
+                        return out
+            if want >= n:
+                return out
+            want = n  # bad nodes were among the nearest: select over the whole table
 
     def due_refreshes(self, now: float, rng: Callable[[int], bytes]) -> list[bytes]:
         """Random target ids for every bucket unchanged and unrefreshed for
@@ -535,6 +554,9 @@ class RoutingTable:
         self._prefix_count[node.prefix] = self._prefix_count.get(node.prefix, 0) + 1
         self._nodes[node.node_id] = node
         self._by_addr[node.addr] = node.node_id
+        node.slot = len(self._slots)
+        self._slots.append(node)
+        self._ids += node.node_id
 
     def _unlink(self, node: Node) -> None:
         bucket = self._buckets[self.bucket_index(node.node_id)]
@@ -548,6 +570,15 @@ class RoutingTable:
         del self._nodes[node.node_id]
         if self._by_addr.get(node.addr) == node.node_id:
             del self._by_addr[node.addr]
+        # swap-remove from the packed ids: the last node takes the freed slot
+        i = node.slot
+        last = self._slots.pop()
+        if last is not node:
+            self._slots[i] = last
+            self._ids[ID_BYTES * i:ID_BYTES * (i + 1)] = last.node_id
+            last.slot = i
+        del self._ids[len(self._ids) - ID_BYTES:]
+        node.slot = -1
 
     def _cache(self, bucket: _Bucket, node: Node) -> None:
         reps = bucket.replacements

@@ -480,9 +480,29 @@ def _assert_parse_total(data: bytes) -> None:
         msg = m.parse_message(data)
     except KrpcError as exc:
         assert isinstance(exc.error_code, int)
+        # the node's receive path refuses exactly the same inputs, the same way
+        with pytest.raises(KrpcError) as again_exc:
+            m.parse_datagram(data)
+        assert (type(again_exc.value), str(again_exc.value), again_exc.value.error_code,
+                again_exc.value.transaction_id) == (type(exc), str(exc), exc.error_code, exc.transaction_id)
     else:
         again = msg.encode()  # whatever we accept we can re-emit, and it parses the same
         assert m.parse_message(again) == msg
+        _assert_datagram_parse_agrees(data, msg)
+
+
+def _assert_datagram_parse_agrees(data: bytes, msg) -> None:
+    """``parse_datagram`` gives the same message, with a response's node lists as the
+    compact bytes that ``parse_message`` split into ``NodeInfo``."""
+    import dataclasses
+
+    lazy, raw4, raw6 = m.parse_datagram(data)
+    if not isinstance(msg, m.Response):
+        assert (lazy, raw4, raw6) == (msg, None, None)
+        return
+    assert lazy == dataclasses.replace(msg, nodes=None, nodes6=None)
+    assert raw4 == (None if msg.nodes is None else b"".join(n.compact() for n in msg.nodes))
+    assert raw6 == (None if msg.nodes6 is None else b"".join(n.compact() for n in msg.nodes6))
 
 
 @settings(max_examples=n_examples(25000), **PROPS)

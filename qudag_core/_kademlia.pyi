@@ -1,0 +1,3 @@
+"""XOR-distance selection kernel (csrc/kademlia.c); contract in qudag_core.krpc.routing.closest_indices_py."""
+
+def closest_indices(ids: bytes | bytearray | memoryview, target: bytes, count: int) -> list[int]: ...
