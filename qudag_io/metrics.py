@@ -113,10 +113,17 @@ class CircuitRole(enum.StrEnum):
 
 
 class CellDropReason(enum.StrEnum):
-    """Why the onion layer dropped a cell it was about to send (label ``reason``)."""
+    """Why the onion layer dropped a cell (label ``reason``): one it was about to send
+    (``mixer_full``, ``link_closed``) or one it received and discarded (the rest, the
+    reasons of ``qudag_core.onion.relay.DISCARD_REASONS``)."""
 
     MIXER_FULL = "mixer_full"  #: the relay's outgoing-cell mixer queue was full
     LINK_CLOSED = "link_closed"  #: the link it was for had closed (or closed with it queued)
+    UNKNOWN_CIRCUIT = "unknown_circuit"  #: received for a circuit this node does not carry
+    AFTER_DESTROY = "after_destroy"  #: later in one link message than a cell that destroyed its circuit
+    MALFORMED = "malformed"  #: not a whole cell
+    REJECTED = "rejected"  #: not allowed on its circuit (state, content, integrity): the circuit is destroyed
+    CIRCUIT_LIMIT = "circuit_limit"  #: a CREATE fragment refused at the relay's circuit limits
     OTHER = OTHER
 
 
@@ -212,6 +219,7 @@ class NodeMetrics:
         self._bytes_out = Counter("bytes_sent", "Bytes sent to the network (TCP stream bytes, UDP datagram payloads).", ["transport"], namespace=ns, registry=reg)
 
         self._dht_ops = Counter("dht_operations", "DHT operations this node started, by operation and outcome.", ["op", "outcome"], namespace=ns, registry=reg)
+        self._dht_table = Gauge("dht_routing_table_nodes", "Nodes in the DHT routing table.", namespace=ns, registry=reg)
         self._dht_latency = Histogram(
             "dht_operation_duration_seconds",
             "Latency of DHT operations that succeeded, by operation.",
@@ -225,7 +233,7 @@ class NodeMetrics:
         self._circ_failed = Counter("circuits_failed", "Onion circuits that failed before they were built (client) or accepted (relay).", ["role"], namespace=ns, registry=reg)
         self._circ_active = Gauge("circuits_active", "Onion circuits currently open.", ["role"], namespace=ns, registry=reg)
         self._cells_relayed = Counter("cells_relayed", "Onion cells relayed for other nodes.", namespace=ns, registry=reg)
-        self._cells_dropped = Counter("cells_dropped", "Onion cells dropped before they reached a link, by reason.", ["reason"], namespace=ns, registry=reg)
+        self._cells_dropped = Counter("cells_dropped", "Onion cells dropped, received (discarded by the relay) or on their way out, by reason.", ["reason"], namespace=ns, registry=reg)
 
         self._resolver_hits = Counter("resolver_cache_hits", "Dark-address resolutions answered from the cache.", namespace=ns, registry=reg)
         self._resolver_misses = Counter("resolver_cache_misses", "Dark-address resolutions that missed the cache.", namespace=ns, registry=reg)
@@ -302,6 +310,10 @@ class NodeMetrics:
             if math.isfinite(s) and s >= 0.0:
                 self._dht_latency.labels(o).observe(s)
 
+    def set_dht_routing_table_nodes(self, n: int) -> None:
+        """The number of nodes in the DHT routing table now (read from the DHT core)."""
+        self._dht_table.set(_amount(n))
+
     # -- onion --------------------------------------------------------------------
     def circuit_built(self, role: _Label = CircuitRole.CLIENT, n: int = 1) -> None:
         """``n`` circuits finished building (``client``) or were accepted (``relay``: the
@@ -327,8 +339,9 @@ class NodeMetrics:
         self._cells_relayed.inc(_amount(n))
 
     def cells_dropped(self, reason: _Label, n: int = 1) -> None:
-        """``n`` onion cells this node was about to send were dropped (relayed cells or its
-        own): its mixer was full, or the link they were for had closed."""
+        """``n`` onion cells were dropped: ones this node was about to send (relayed cells
+        or its own; its mixer was full, or the link they were for had closed), or ones it
+        received and discarded (see :class:`CellDropReason`)."""
         self._cells_dropped.labels(_label(reason, _CELL_DROP_REASONS)).inc(_amount(n))
 
     # -- dark-address resolver -----------------------------------------------------

@@ -26,9 +26,9 @@ object keeps, read on every scrape (:meth:`Node.sync_metrics`, a collect hook of
 metrics registry) and turned into increments: TCP wire bytes of every link, handshakes
 and framing included (``Connection.bytes_received``/``bytes_sent``; a link's final
 counts are kept when it closes; the listeners add those of inbound connections whose
-handshake failed), the DHT core's rate-limiter drops, and with a relay the relay core's
-cells relayed and circuits and the onion adapter's client circuits, link bytes and
-dropped cells.  A dark-address resolver the node drives is metered with
+handshake failed), the DHT core's rate-limiter drops and routing-table size, and with a
+relay the relay core's cells relayed, cells discarded and circuits and the onion
+adapter's client circuits, link bytes and dropped cells.  A dark-address resolver the node drives is metered with
 :meth:`Node.meter_resolver`.
 
 With ``settings.relay`` the node also runs an ``OnionNode`` with **its own link
@@ -271,7 +271,8 @@ class Node:
         self._counted: dict[str, int] = {}  # source -> the total already turned into increments
         self._dialed: set[Connection] = set()  # outbound links handed to callers, until closed
         self._gone_link_bytes = (0, 0)  # wire bytes (in, out) of this node's links already closed
-        self._sync_sources: list[Callable[[], None]] = [self._sync_drops, self._sync_link_bytes]
+        self._sync_sources: list[Callable[[], None]] = [self._sync_drops, self._sync_dht_table,
+                                                               self._sync_link_bytes]
         self._onion_metered = False
         self.metrics.add_collect_hook(self.sync_metrics)
         self._stopped = False
@@ -447,12 +448,22 @@ class Node:
                                                                   onion.cells_dropped_mixer_full))
         m.cells_dropped(CellDropReason.LINK_CLOSED, self._advance("cells_dropped_link",
                                                                    onion.cells_dropped_link_closed))
+        # the relay core's discards; a non-relay node's cells for no circuit of its own are
+        # unknown_circuit too (the relay core never sees them)
+        for reason, count in relay.cells_discarded.items():
+            if reason == CellDropReason.UNKNOWN_CIRCUIT:
+                count += onion.cells_dropped_not_relay
+            m.cells_dropped(reason, self._advance(f"cells_discarded_{reason}", count))
         bytes_in, bytes_out = onion.link_bytes()
         if onion.listener is not None:  # inbound onion links that failed their handshake
             bytes_in += onion.listener.failed_bytes_received
             bytes_out += onion.listener.failed_bytes_sent
         m.bytes_received(self._advance("onion_in", bytes_in), Transport.TCP)
         m.bytes_sent(self._advance("onion_out", bytes_out), Transport.TCP)
+
+    def _sync_dht_table(self) -> None:
+        if self.dht is not None:
+            self.metrics.set_dht_routing_table_nodes(len(self.dht.core.table))
 
     def _sync_drops(self) -> None:
         if self.dht is None:

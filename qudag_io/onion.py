@@ -386,6 +386,9 @@ class OnionNode:
         #: Cells dropped on their way out (relayed cells or this node's own): the mixer
         #: was full; the link they were for had closed (or closed with them still queued).
         self.cells_dropped_mixer_full = self.cells_dropped_link_closed = 0
+        #: Cells received for no client circuit of this node while it is not a relay (a
+        #: relay hands them to its core, which counts its own discards).
+        self.cells_dropped_not_relay = 0
         #: ``on_handshake_failed(exc)`` is told of every failed link handshake (metrics).
         self.on_handshake_failed: Optional[Callable[[BaseException], None]] = None
 
@@ -509,6 +512,8 @@ class OnionNode:
                 events = self.relay.receive_cells(lid, msg, now)
                 if events:
                     self._relay_events(events)
+            else:
+                self.cells_dropped_not_relay += len(msg) // CELL_SIZE
             self._flush()
             return
         mv = memoryview(msg)
@@ -530,6 +535,8 @@ class OnionNode:
                     events = self.relay.receive_cells(lid, mv[i * CELL_SIZE : j * CELL_SIZE], now)
                     if events:
                         self._relay_events(events)
+                else:
+                    self.cells_dropped_not_relay += j - i
             i = j
         self._flush()
 

@@ -17,6 +17,12 @@ The decision a reader asks about: how a relay knows it would be the 9th hop.  Ev
 carries a one-byte hop position, set to 1 by the client and to ``own + 1`` by the relay that
 extends; a relay at position ``max_hops`` refuses EXTEND and destroys the circuit.  Only a
 relay on the path could lie about it, and such a relay could extend it anyway.
+
+Every cell fed in is relayed (``cells_relayed``), consumed here (handshake fragments,
+DESTROY, PADDING, recognised relay messages), or discarded; discards are counted per
+reason in plain integer attributes (``discarded_*``, read together as
+``cells_discarded``), incremented on the discard paths only, so the relaying path pays
+nothing for them.
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ from qudag_core.onion.events import ExitDataReceived, ExitMessageReceived, LinkN
 from qudag_core.onion.fragments import Reassembler, fragment
 from qudag_core.onion.relaycrypto import BACKWARD, FORWARD, new_layer
 
-__all__ = ["RelayState", "OnionRelay"]
+__all__ = ["DISCARD_REASONS", "RelayState", "OnionRelay"]
 
 CELL = 1024
 _RELAY = int(CellCommand.RELAY)
@@ -62,6 +68,16 @@ _DATA = int(RelayCommand.DATA)
 _RELAY_HDR_FMT = "%dxBHH%dx" % (HEADER_SIZE + TAG_SIZE, CELL - _DATA_AT)
 # per cell of a run: the data of a full DATA cell
 _FULL_DATA_FMT = "%dx%ds" % (_DATA_AT, RELAY_DATA_MAX)
+
+
+#: Why the relay core discarded a received cell (the keys of ``OnionRelay.cells_discarded``):
+#: ``unknown_circuit`` - not a CREATE, on a circuit id the link has no circuit for (or a
+#: CREATE for circuit id 0); ``after_destroy`` - later cells of one link message's run for
+#: a circuit that an earlier cell of the run destroyed; ``malformed`` - not a whole cell;
+#: ``rejected`` - a cell the circuit's state or its content does not allow (the circuit is
+#: destroyed because of it); ``circuit_limit`` - a CREATE fragment refused because the
+#: relay is at its circuit or half-open limit.
+DISCARD_REASONS = ("unknown_circuit", "after_destroy", "malformed", "rejected", "circuit_limit")
 
 
 class RelayState:
@@ -198,6 +214,9 @@ class OnionRelay:
         #: Counters for metrics: cells passed on to another link (either direction), circuits
         #: whose CREATE completed here, that died before it did, and CREATEs refused (limits).
         self.cells_relayed = self.circuits_opened = self.circuits_failed = self.circuits_refused = 0
+        #: Cells discarded, one count per reason of ``DISCARD_REASONS`` (see there).
+        self.discarded_unknown_circuit = self.discarded_after_destroy = self.discarded_malformed = 0
+        self.discarded_rejected = self.discarded_circuit_limit = 0
 
     def __repr__(self) -> str:
         return f"OnionRelay(node_id={self.node_id.hex()}, circuits={len(self._circuits)})"
@@ -205,6 +224,17 @@ class OnionRelay:
     @property
     def circuit_count(self) -> int:
         return len(self._circuits)
+
+    @property
+    def cells_discarded(self) -> dict[str, int]:
+        """The discard counts by reason (a snapshot, keys in ``DISCARD_REASONS`` order)."""
+        return {
+            "unknown_circuit": self.discarded_unknown_circuit,
+            "after_destroy": self.discarded_after_destroy,
+            "malformed": self.discarded_malformed,
+            "rejected": self.discarded_rejected,
+            "circuit_limit": self.discarded_circuit_limit,
+        }
 
     def cells_to_send(self) -> list[tuple[object, bytes]]:
         """Queued cells, one 1024-byte cell per item, in order."""
@@ -233,6 +263,7 @@ class OnionRelay:
         try:
             cell = Cell(data)
         except CellError:
+            self.discarded_malformed += 1
             return []  # the link framer delivers whole cells; anything else is dropped
         key = (link_id, cell.circ_id)
         entry = self._sides.get(key)
@@ -249,7 +280,7 @@ class OnionRelay:
                 return self._from_prev(circ, cell, data, now)
             return self._from_next(circ, cell, data, now)
         except CellError as e:
-            return self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+            return self._reject(circ, e.error_code or DestroyReason.PROTOCOL)
 
     def receive_cells(self, link_id, buf, now: float) -> list:
         """Batch form of ``receive_cell`` for ``buf`` holding n whole cells (one link
@@ -262,7 +293,9 @@ class OnionRelay:
         drops the trailing partial cell (the link framer delivers whole cells)."""
         mv = memoryview(buf).cast("B")
         n = len(mv) // CELL
-        if n > 1 and len(mv) == n * CELL and _one_relay_circuit(mv, n):
+        if len(mv) != n * CELL:
+            self.discarded_malformed += 1  # the trailing partial cell
+        elif n > 1 and _one_relay_circuit(mv, n):
             # the usual link message: RELAY cells of one circuit, checked without a
             # per-cell object; handled as the general loop below would handle it
             entry = self._sides.get((link_id, int.from_bytes(mv[:CIRC_ID_SIZE], "big")))
@@ -340,6 +373,7 @@ class OnionRelay:
         k = 0
         while k < n:
             if self._circuits.get(circ.prev) is not circ:
+                self.discarded_after_destroy += n - k
                 break  # destroyed by an earlier cell of the run: the rest is dropped
             if flags[k]:
                 if hdr is None:
@@ -379,12 +413,14 @@ class OnionRelay:
                 try:
                     events += self._recognised(circ, bytearray(mv[k * CELL : (k + 1) * CELL]), now)
                 except CellError as e:
-                    events += self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+                    events += self._reject(circ, e.error_code or DestroyReason.PROTOCOL)
+                    self.discarded_after_destroy += n - k - 1
                     break
                 k += 1
                 continue
             if circ.state != R.EXTENDED:
-                events += self._destroy(circ, DestroyReason.INTEGRITY)
+                events += self._reject(circ, DestroyReason.INTEGRITY)
+                self.discarded_after_destroy += n - k - 1
                 break
             m = k + 1
             while m < n and not flags[m]:
@@ -398,8 +434,10 @@ class OnionRelay:
 
     def _new_circuit(self, key, cell: Cell, now: float) -> list:
         if cell.command != CellCommand.CREATE or cell.circ_id == 0:
+            self.discarded_unknown_circuit += 1
             return []  # stray cell for a circuit we do not know (maybe just destroyed)
         if len(self._circuits) >= self._max_circuits or self._half_open >= self._max_half_open:
+            self.discarded_circuit_limit += 1
             if bytes(cell.payload[2:4]) == b"\x00\x00":  # a CREATE's first fragment (offset 0)
                 self.circuits_refused += 1
             self._send(key, CellCommand.DESTROY, bytes([DestroyReason.INTERNAL]))
@@ -412,7 +450,7 @@ class OnionRelay:
         try:
             return self._from_prev(circ, cell, cell.raw, now)
         except CellError as e:
-            return self._destroy(circ, e.error_code or DestroyReason.PROTOCOL)
+            return self._reject(circ, e.error_code or DestroyReason.PROTOCOL)
 
     def _from_prev(self, circ: _Circuit, cell: Cell, data, now: float) -> list:
         if cell.command == CellCommand.CREATE:
@@ -421,7 +459,7 @@ class OnionRelay:
                 return []
             position = msg[0]
             if not 1 <= position <= self._max_hops:
-                return self._destroy(circ, DestroyReason.TOO_MANY_HOPS)
+                return self._reject(circ, DestroyReason.TOO_MANY_HOPS)
             secret, reply = hs.server(self._rng, self.node_id, self._key, msg[1:])
             circ.position = position
             circ.fwd = new_layer(secret, FORWARD, CELL, HEADER_SIZE, pure=self._pure)
@@ -444,7 +482,7 @@ class OnionRelay:
             self.cells_relayed += 1
             return []
         # nobody further on can recognise it: modified in transit (tagging) or garbage
-        return self._destroy(circ, DestroyReason.INTEGRITY)
+        return self._reject(circ, DestroyReason.INTEGRITY)
 
     def _recognised(self, circ: _Circuit, buf: bytearray, now: float) -> list:
         msg = parse_relay_payload(memoryview(buf)[HEADER_SIZE:], ALLOWED_RELAY[circ.state])
@@ -457,12 +495,12 @@ class OnionRelay:
                 return []
             circ.reasm = None
             if circ.position >= self._max_hops:
-                return self._destroy(circ, DestroyReason.TOO_MANY_HOPS)
+                return self._reject(circ, DestroyReason.TOO_MANY_HOPS)
             if len(full) != hs.CREATE_SIZE:
-                return self._destroy(circ, DestroyReason.PROTOCOL)
+                return self._reject(circ, DestroyReason.PROTOCOL)
             node = full[: hs.NODE_ID_SIZE]
             if node == self.node_id:
-                return self._destroy(circ, DestroyReason.PROTOCOL)
+                return self._reject(circ, DestroyReason.PROTOCOL)
             circ.extend_msg = full
             circ.next_node = node
             circ.state = R.AWAIT_LINK
@@ -569,6 +607,11 @@ class OnionRelay:
             if key[0] == link_id and key in self._sides:
                 events += self._destroy(circ, DestroyReason.CONNECT_FAILED, came_from=side)
         return events
+
+    def _reject(self, circ: _Circuit, reason: int) -> list:
+        """The cell being handled is refused (``rejected``) and its circuit destroyed."""
+        self.discarded_rejected += 1
+        return self._destroy(circ, reason)
 
     def _destroy(self, circ: _Circuit, reason: int, came_from: str | None = None) -> list:
         if self._circuits.get(circ.prev) is not circ:

@@ -183,6 +183,31 @@ def test_cells_dropped_by_reason():
     assert value(m, "qudag_cells_dropped_total", reason="mixer_full") == 32
 
 
+def test_every_relay_discard_reason_is_its_own_label():
+    """The relay core's reasons reach the exposition as themselves, never as ``other``."""
+    from qudag_core.onion.relay import DISCARD_REASONS
+
+    m = NodeMetrics()
+    for k, reason in enumerate(DISCARD_REASONS, start=1):
+        m.cells_dropped(reason, k)
+    for k, reason in enumerate(DISCARD_REASONS, start=1):
+        assert value(m, "qudag_cells_dropped_total", reason=reason) == k
+    assert value(m, "qudag_cells_dropped_total", reason="other") == 0
+    assert set(DISCARD_REASONS) | {"mixer_full", "link_closed", "other"} == {r.value for r in CellDropReason}
+
+
+def test_dht_routing_table_gauge():
+    m = NodeMetrics()
+    assert value(m, "qudag_dht_routing_table_nodes") == 0
+    m.set_dht_routing_table_nodes(160)
+    m.set_dht_routing_table_nodes(42)  # a gauge: set, not added
+    assert value(m, "qudag_dht_routing_table_nodes") == 42
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError):
+            m.set_dht_routing_table_nodes(bad)  # type: ignore[arg-type]
+    assert value(m, "qudag_dht_routing_table_nodes") == 42
+
+
 # -- bounded series ------------------------------------------------------------------------
 
 

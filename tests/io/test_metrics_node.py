@@ -459,3 +459,113 @@ def test_failed_inbound_handshakes_count_their_wire_bytes_and_reason(run):
             await node.stop()
 
     run(main())
+
+
+# -- cells the relay core discards ------------------------------------------------------------
+
+
+def test_relay_core_discards_reach_metrics_by_reason(run, tmp_path):
+    """Cells for circuits a relay node does not have, and a link message of cells for a
+    real circuit that no layer recognises at its last hop, sent down a real link: each
+    reason of ``qudag_cells_dropped_total`` counts exactly those cells.  A node metering a
+    client-only onion node counts the cells sent to it for no circuit of its own."""
+    from qudag_core.onion.cells import PAYLOAD_SIZE, CellCommand, build_cell
+    from qudag_core.onion.relay import DISCARD_REASONS
+
+    def cells(circ_ids) -> bytes:
+        return b"".join(bytes(build_cell(c, CellCommand.RELAY, os.urandom(PAYLOAD_SIZE))) for c in circ_ids)
+
+    def dropped(m: dict, reason: str) -> float:
+        return m[f'qudag_cells_dropped_total{{reason="{reason}"}}']
+
+    async def main():
+        path = str(tmp_path / "relays.json")
+        node = await Node.start(Identity.generate(os.urandom), NodeSettings(relay=True, onion_directory=path))
+        plain = await Node.start(Identity.generate(os.urandom), NodeSettings())
+        onions: list[OnionNode] = []
+        try:
+            client_only = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(path), relay=False)
+            onions.append(client_only)
+            plain.meter_onion(client_only)
+            write_directory(path, [node.onion.certificate, client_only.certificate])
+            client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(path), relay=False)
+            onions.append(client)
+            core = node.onion.relay
+            m0 = await scrape(node)
+            assert all(dropped(m0, r) == 0 for r in DISCARD_REASONS)
+
+            # One link message of 5 relay cells for circuit ids the relay has no circuit for.
+            link = await client.link_to(node.onion.node_id)
+            await link.conn.send(cells(range(1000, 1005)))
+            await until(lambda: core.discarded_unknown_circuit == 5, "the cells to reach the relay core")
+            m1 = await scrape(node)
+            assert dropped(m1, "unknown_circuit") == 5
+            assert all(dropped(m1, r) == 0 for r in DISCARD_REASONS if r != "unknown_circuit")
+
+            # A real circuit ending at the node, then 4 cells for it in one link message that
+            # no layer recognises (tagged or garbage): the first is rejected and destroys the
+            # circuit, the other 3 go with it.
+            circ = await OnionClient(client, per_subnet=None).build_circuit(path=[node.onion.node_id])
+            assert core.circuit_count == 1
+            await circ.link.conn.send(cells([circ.circ_id] * 4))
+            await until(lambda: core.circuit_count == 0 and not circ.is_open, "the circuit to be destroyed")
+            m2 = await scrape(node)
+            assert dropped(m2, "rejected") == 1
+            assert dropped(m2, "after_destroy") == 3
+            assert dropped(m2, "unknown_circuit") == 5
+            assert dropped(m2, "malformed") == dropped(m2, "circuit_limit") == 0
+            assert m2["qudag_cells_relayed_total"] == 0
+            assert {r: dropped(m2, r) for r in DISCARD_REASONS} == core.cells_discarded
+            assert dropped(m2, "mixer_full") == dropped(m2, "link_closed") == 0
+
+            # A client-only onion node has no relay core to hand them to: 3 cells dropped.
+            to_client_only = await client.link_to(client_only.node_id)
+            await to_client_only.conn.send(cells([7, 8, 9]))
+            await until(lambda: client_only.cells_dropped_not_relay == 3, "the cells to arrive")
+            mp = await scrape(plain)
+            assert dropped(mp, "unknown_circuit") == 3
+            assert sum(dropped(mp, r) for r in DISCARD_REASONS) == 3
+        finally:
+            for o in onions:
+                await o.close()
+            await plain.stop()
+            await node.stop()
+
+    run(main())
+
+
+# -- DHT routing table -------------------------------------------------------------------------
+
+
+def test_dht_routing_table_gauge_is_the_table_length(run):
+    """Four nodes, each on its own 127.x.0.1 (distinct /24s: the table's IP-diversity limit
+    does not bite), bootstrapped from the first: every node's gauge is its table's length,
+    from 0 alone to the 3 others once lookups have run (the figure ``/status`` reports too)."""
+
+    async def main():
+        nodes: list[Node] = []
+        try:
+            first = await Node.start(Identity.generate(os.urandom),
+                                     NodeSettings(dht_listen=("127.1.0.1", 0), link_listen=("127.1.0.1", 0)))
+            nodes.append(first)
+            assert (await scrape(first))["qudag_dht_routing_table_nodes"] == 0 == len(first.dht.core.table)
+            for i in range(2, 5):
+                nodes.append(await Node.start(
+                    Identity.generate(os.urandom),
+                    NodeSettings(dht_listen=(f"127.{i}.0.1", 0), link_listen=(f"127.{i}.0.1", 0),
+                                 bootstrap=[tuple(first.dht.address)])))
+            for _ in range(20):  # bounded: lookups until every node knows the 3 others
+                if all(len(n.dht.core.table) == len(nodes) - 1 for n in nodes):
+                    break
+                for n in nodes:
+                    await n.dht_find_node(os.urandom(20))
+            sizes = [len(n.dht.core.table) for n in nodes]
+            assert sizes == [3, 3, 3, 3]
+            for n in nodes:
+                m = await scrape(n)
+                assert m["qudag_dht_routing_table_nodes"] == len(n.dht.core.table) == n.status()["routing_table_size"]
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
