@@ -368,6 +368,10 @@ def source_address(peer_host: str, bound_hosts: Iterable[str]) -> Optional[tuple
     * no bound address has the peer's family (or none is an IP address);
     * that address is loopback and the peer is not: a loopback source cannot reach
       another machine.
+
+    Binding fixes the source, not the route: on a multi-homed host whose route to a peer
+    leaves through another interface (strict reverse-path filtering may drop it), listen
+    on the wildcard and the kernel picks per route.
     """
     import ipaddress
 
