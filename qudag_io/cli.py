@@ -42,6 +42,7 @@ from qudag_core.keystore import KeystoreError, ScryptParams, WrongPassphrase
 from qudag_io._loop import run
 from qudag_io.config import ConfigError, NodeSettings, dump_toml, load_config, parse_hostport
 from qudag_io.keystore import read_keystore, write_keystore
+from qudag_io.loopback import TESTNET_MAX_NODES, can_bind, testnet_client_host, testnet_host
 
 __all__ = ["CliError", "main"]
 
@@ -296,9 +297,23 @@ async def _send(identity: Identity, host: str, port: int, peer_id: Optional[byte
     return 0
 
 
-async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages: list[bytes], timeout: float) -> int:
+def path_rule_for(addresses: Sequence[str]) -> Optional[int]:
+    """The ``per_subnet`` for circuits over relays at ``addresses``: 1 (the production
+    rule, one relay per /16) unless they are all loopback and some share a /16 -- a local
+    network with nodes on 127.0.0.1, where the rule cannot hold; None turns it off there.
+    Relays on loopback in distinct /16s (``qudag testnet``, ``qudag_io.loopback``) keep it
+    on, and a directory with any non-loopback relay always does."""
     import ipaddress
 
+    from qudag_core.onion.path import subnet_of
+
+    if not all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        return 1
+    subnets = [subnet_of(a) for a in addresses]
+    return 1 if len(set(subnets)) == len(subnets) else None
+
+
+async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages: list[bytes], timeout: float) -> int:
     from qudag_io.node import FileDirectory, send_over_stream
     from qudag_io.onion import OnionClient, OnionNode
 
@@ -307,12 +322,13 @@ async def _send_circuit(peer_id: bytes, directory_path: str, hops: int, messages
         raise CliError(f"{peer_id.hex()} is not a relay in {directory_path}; only nodes run with --relay can be reached with --hops")
     if len(directory) < hops:
         raise CliError(f"{directory_path} lists {len(directory)} relays; --hops {hops} needs at least {hops}")
-    # The one-relay-per-/16 path rule cannot hold on a loopback-only network.
-    loopback = all(ipaddress.ip_address(r.address).is_loopback for r in directory.relay_infos())
+    per_subnet = path_rule_for([r.address for r in directory.relay_infos()])
     client = await OnionNode.start(Identity.generate(os.urandom), directory, relay=False)
     try:
-        circ = await OnionClient(client, per_subnet=None if loopback else 1).build_circuit(
+        circ = await OnionClient(client, per_subnet=per_subnet).build_circuit(
             hops=hops, exit=peer_id, timeout=timeout)
+        print(f"{hops}-hop circuit built; " + ("one relay per /16" if per_subnet
+                                                else "/16 path rule off (loopback relays share a /16)"), flush=True)
         stream = await circ.open_stream(circ.exit_node_id, "msg", timeout=timeout)
         for m in messages:
             await send_over_stream(stream, m, timeout=timeout)
@@ -553,7 +569,7 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
         raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
                        "with --dark-directory?")
     dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
-    client = DarkClient(dht, Identity.generate(os.urandom), directory,
+    client = DarkClient(dht, Identity.generate(os.urandom), directory, local_hosts=[args.bind],
                         resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies))
     try:
         try:
@@ -793,56 +809,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- testnet
-TESTNET_MAX_NODES = 254 * 256
-"""Nodes :func:`testnet_host` can give distinct /24s (127.1.0.1 .. 127.254.255.1)."""
-
-
-def testnet_host(i: int) -> str:
-    """The loopback address testnet node ``i`` binds every listener to (link, DHT, onion
-    relay, metrics/status).
-
-    Every node gets its own /24 (the DHT's IP-diversity limits allow 2 nodes per /24 per
-    bucket and 10 per table: with one shared address a 20-node table holds 6-10 nodes,
-    however long it runs) and, for the first 254 nodes, its own /16 (the onion path rule
-    allows one relay per /16, so circuits are built with the production rule instead of
-    with it switched off): node ``i`` is ``127.(i+1).0.1``; beyond 254 nodes the third
-    octet counts up, ``127.(1 + i % 254).(i // 254).1``.  Linux answers on all of
-    127.0.0.0/8 without configuration, and BEP 42 exempts 127/8 from the node-id check
-    (``qudag_core.krpc.bep42.is_exempt``), so the derived DHT ids stay valid."""
-    if not 0 <= i < TESTNET_MAX_NODES:
-        raise ValueError(f"testnet node index {i} is out of range 0..{TESTNET_MAX_NODES - 1}")
-    return f"127.{1 + i % 254}.{i // 254}.1"
-
-
-def testnet_client_host(k: int) -> str:
-    """The loopback address of the testnet's own ``k``-th short-lived client (DHT helper
-    nodes, the onion client): 127.255.k.1, a /16 no node uses, so a client never shares a
-    node's per-IP rate limit or diversity group, as a user elsewhere on the internet
-    would not."""
-    return f"127.255.{k % 256}.1"
-
-
-def _can_bind(hosts: Sequence[str]) -> bool:
-    """Whether this system accepts binds to ``hosts`` (Linux routes 127/8 to ``lo``; other
-    systems configure only 127.0.0.1 unless aliases are added)."""
-    import socket
-
-    for h in hosts:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((h, 0))
-        except OSError:
-            return False
-    return True
-
-
 class _Testnet:
     """N ``qudag node run`` processes on loopback in a temporary directory, node ``i`` on
     :func:`testnet_host` ``(i)`` (all on 127.0.0.1 where the system cannot bind those)."""
 
     def __init__(self, n: int, timeout: float) -> None:
         self.n = n
-        self.spread = _can_bind([testnet_host(0), testnet_host(n - 1), testnet_client_host(0)])
+        self.spread = can_bind([testnet_host(0), testnet_host(n - 1), testnet_client_host(0)])
         self.hosts = [testnet_host(i) if self.spread else "127.0.0.1" for i in range(n)]
         self._clients = 0
         self.t0 = time.monotonic()
@@ -993,8 +966,9 @@ async def _testnet_dark(net: _Testnet) -> None:
     net.step("dark publish", t, f"node 00: {name[:16]}....dark, {st.result}")
     t = time.monotonic()
     h, p = net.info[net.n - 1]["dht"]
-    dht = await short_lived_dht([(h, p)], net.client_host(), min(5.0, net.left()))
-    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path),
+    me = net.client_host()
+    dht = await short_lived_dht([(h, p)], me, min(5.0, net.left()))
+    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path), local_hosts=[me],
                         resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left())))
     try:
         ep = await asyncio.wait_for(client.resolve(name), net.left())
@@ -1047,15 +1021,16 @@ async def _testnet_exercise(net: _Testnet) -> None:
 
 
 async def _testnet_links_and_circuits(net: _Testnet) -> None:
-    from qudag_io.link import connect
+    from qudag_io.link import connect, source_address
     from qudag_io.node import send_message
 
-    # A message over a direct authenticated link to the last node.
+    # A message over a direct authenticated link to the last node, from a client address.
     t = time.monotonic()
     last = net.info[net.n - 1]
     host, port = last["link"][0]
     conn = await asyncio.wait_for(connect(host, port, identity=Identity.generate(os.urandom),
-                                          expected_peer_id=bytes.fromhex(last["node_id"])), net.left())
+                                          expected_peer_id=bytes.fromhex(last["node_id"]),
+                                          local_addr=source_address(host, [net.client_host()])), net.left())
     async with conn:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
@@ -1065,7 +1040,6 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
     # needs a next hop it does not know.
-    from qudag_core.onion.path import subnet_of
     from qudag_io.node import FileDirectory, write_directory
     from qudag_io.onion import OnionClient, OnionNode
 
@@ -1079,8 +1053,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
     write_directory(net.directory_path, certs)
     # With every relay in its own /16 the production path rule (one relay per /16) holds;
     # only relays sharing 127.0.0.1 (or more than 254 nodes) need it switched off.
-    subnets = [subnet_of(c.addresses[0][0]) for c in certs]
-    per_subnet = 1 if len(set(subnets)) == len(subnets) else None
+    per_subnet = path_rule_for([c.addresses[0][0] for c in certs])
     t = time.monotonic()
     client = await OnionNode.start(Identity.generate(os.urandom), FileDirectory(net.directory_path),
                                    host=net.client_host(), relay=False)
@@ -1137,6 +1110,16 @@ def run_testnet(*, nodes: int, timeout: float, keep: bool, debug: bool) -> int:
             h, p = net.info[i]["http"]
             statuses.append(fetch_status(f"http://{_hp(h, p)}/status", min(5.0, net.left())))
         net.step("tables", t, net.tables_note([int(st["routing_table_size"]) for st in statuses]))
+        if net.spread:
+            # Nodes dial from their own address: every inbound link still open (node 00's
+            # pooled dark storage links, at least) comes from a node or client address.
+            t = time.monotonic()
+            sources = [p["address"][0] for st in statuses for p in st["peers"] if p["direction"] == "inbound"]
+            known = set(net.hosts) | {testnet_client_host(k) for k in range(net._clients)}
+            stray = sorted(set(sources) - known)
+            if stray:
+                raise CliError(f"links arrived from {', '.join(stray)}, not from a node's or client's own address")
+            net.step("link sources", t, f"{len(sources)} open inbound links, each from its node's own address")
         print()
         print(f"{'step':<14}{'ms':>9}  note")
         for name, dt, note in net.timings:
@@ -1214,7 +1197,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a running node's DHT/UDP address (for NAME.dark)")
         p.add_argument("--dark-directory", metavar="FILE", help="the dark directory file the nodes use (for NAME.dark)")
-        p.add_argument("--bind", default="127.0.0.1", help="local address of the short-lived DHT node")
+        p.add_argument("--bind", default="127.0.0.1",
+                       help="local address of the short-lived DHT node and of its links to storage nodes")
         p.add_argument("--dummies", type=int, default=0, choices=range(0, 9), metavar="0..8",
                        help="dummy lookups of random indices beside the real one (storage nodes cannot tell "
                             "which is real)")

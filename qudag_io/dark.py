@@ -54,7 +54,8 @@ from qudag_core.krpc.errors import BencodeError
 from qudag_core.krpc.ratelimit import RateLimiter
 from qudag_core.link import LinkConfig
 from qudag_io.dht import DhtError, DhtNode
-from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen, source_address
+from qudag_io.loopback import testnet_host
 
 __all__ = ["AddressKeeper", "AddressState", "CertificateDirectory", "DarkError", "DescriptorServer", "DarkClient",
            "DarkNetwork", "connect_dark", "DARK_LINK_CONFIG", "KIND_DERIVED", "derived_service", "node_dht_id",
@@ -165,11 +166,15 @@ class DarkClient:
     ``directory`` maps DHT node ids to link certificates (see the module docstring);
     ``local`` is this node's own ``DescriptorServer``, consulted when this node is itself
     among the ``k`` closest.  Links to storage nodes are pooled (``max_links``, LRU) and
-    closed by ``close()``."""
+    closed by ``close()``.  ``local_hosts`` are the addresses the node's own listeners
+    are bound to: links to storage nodes (and ``connect``) leave from the one of the
+    peer's family (``qudag_io.link.source_address``), so a storage node sees the node at
+    the address it is known by; empty (a client with no listener): the kernel picks."""
 
     def __init__(self, dht: DhtNode, identity: Identity, directory: Mapping[bytes, NodeCertificate], *,
                  k: int = 3, resolver: Optional[Resolver] = None, local: Optional[DescriptorServer] = None,
-                 link_timeout: float = 5.0, max_links: int = 32, clock: Callable[[], float] = time.time) -> None:
+                 link_timeout: float = 5.0, max_links: int = 32, clock: Callable[[], float] = time.time,
+                 local_hosts: Sequence[str] = ()) -> None:
         if k < 1 or max_links < 1:
             raise ValueError("k and max_links must be positive")
         self.dht = dht
@@ -183,6 +188,7 @@ class DarkClient:
         self.link_timeout = link_timeout
         self.max_links = max_links
         self.clock = clock
+        self.local_hosts = tuple(local_hosts)
         self._links: OrderedDict = OrderedDict()  # node id -> _Link
         self._connecting: dict = {}  # node id -> Future[_Link] while dialing
         self._inflight: dict = {}  # DarkAddress -> Future[Resolved | ResolveFailed]
@@ -216,7 +222,8 @@ class DarkClient:
             cert = self.directory[node_id]
             host, port = cert.addresses[0]
             conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
-                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout)
+                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout,
+                                 local_addr=source_address(str(host), self.local_hosts))
         except BaseException as exc:
             err = DarkError(f"cannot link to storage node: {exc!r}")
             pending.set_exception(err)
@@ -379,11 +386,13 @@ class DarkClient:
 async def connect_dark(name: Union[str, DarkAddress], client: DarkClient, *, identity: Optional[Identity] = None,
                        timeout: float = 10.0, **kw: Any) -> Connection:
     """Resolve ``name`` with ``client`` and dial the endpoint; the handshake must prove
-    ``endpoint.expected_peer_id``.  ``ConnectionClosed`` if it cannot."""
+    ``endpoint.expected_peer_id``.  ``ConnectionClosed`` if it cannot.  The link leaves
+    from ``client.local_hosts`` (as its storage links do) unless ``local_addr`` is given."""
     ep = await client.resolve(name)
     if ep.certificate is None:
         raise DarkError("the service publishes only intro relays; dialing through them is not implemented")
     host, port = ep.certificate.addresses[0]
+    kw.setdefault("local_addr", source_address(str(host), client.local_hosts))
     return await connect(host, port, identity=identity or client.identity, peer_certificate=ep.certificate,
                          expected_peer_id=ep.expected_peer_id, timeout=timeout, **kw)
 
@@ -391,9 +400,11 @@ async def connect_dark(name: Union[str, DarkAddress], client: DarkClient, *, ide
 # ---------------------------------------------------------------------- loopback network
 @dataclasses.dataclass
 class DarkNetwork:
-    """A loopback network for tests, demos and benchmarks: DHT nodes on 127.0.<i>.1, each
-    with a link listener serving its ``DescriptorServer``; ``directory`` maps DHT node id
-    to listener certificate."""
+    """A loopback network for tests, demos and benchmarks: node ``i`` on
+    ``qudag_io.loopback.testnet_host(i)`` (``127.(i+1).0.1``, the ``qudag testnet`` plan:
+    its own /24 and /16), a DHT node and a link listener serving its
+    ``DescriptorServer``; ``directory`` maps DHT node id to listener certificate.
+    ``client(i)`` dials from node ``i``'s address."""
 
     dhts: list
     servers: list
@@ -402,6 +413,7 @@ class DarkNetwork:
     directory: dict
 
     def client(self, i: int, **kw: Any) -> DarkClient:
+        kw.setdefault("local_hosts", [h for h, _ in self.listeners[i].addresses])
         return DarkClient(self.dhts[i], self.identities[i], self.directory, local=self.servers[i], **kw)
 
     async def close(self) -> None:
@@ -419,12 +431,13 @@ async def start_loopback_network(n: int = 20, *, config: Any = None,
     net = DarkNetwork([], [], [], [], {})
     try:
         rnd = random.Random(1)
-        for i in range(1, n + 1):
-            boot = [] if i == 1 else [net.dhts[0].address, rnd.choice(net.dhts).address]
-            dht = await DhtNode.start(f"127.0.{i}.1", 0, config=cfg, bootstrap=boot, wait_bootstrap=i > 1)
+        for i in range(n):
+            host = testnet_host(i)
+            boot = [] if i == 0 else [net.dhts[0].address, rnd.choice(net.dhts).address]
+            dht = await DhtNode.start(host, 0, config=cfg, bootstrap=boot, wait_bootstrap=i > 0)
             ident = Identity.generate(os.urandom)
             srv = server_factory(dht)
-            lst = await listen(f"127.0.{i}.1", 0, identity=ident, handler=srv.serve_link, config=DARK_LINK_CONFIG)
+            lst = await listen(host, 0, identity=ident, handler=srv.serve_link, config=DARK_LINK_CONFIG)
             net.dhts.append(dht)
             net.servers.append(srv)
             net.listeners.append(lst)

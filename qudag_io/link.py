@@ -21,6 +21,11 @@ Public API::
         reply = await conn.recv()
 
     server = await qudag_io.listen(host, port, identity=me, handler=serve)
+
+A node dials from the address it listens on (``connect(..., local_addr=source_address(
+host, bound_hosts))``), so a peer that keys anything on the TCP source address (per-IP
+limits, logs) sees one node as one address; see :func:`source_address` for when the
+kernel is left to choose.
 """
 from __future__ import annotations
 
@@ -29,13 +34,13 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate, NodeId
 from qudag_core.link import Established, Link, LinkConfig, MessageReceived, ResponderContext, Terminated
 from qudag_core.link.core import LinkNotEstablished
 
-__all__ = ["Connection", "ConnectionClosed", "Listener", "connect", "listen"]
+__all__ = ["Connection", "ConnectionClosed", "Listener", "connect", "listen", "source_address"]
 
 log = logging.getLogger("qudag.link")
 
@@ -312,11 +317,18 @@ async def connect(
     config: Optional[LinkConfig] = None,
     timeout: float = 10.0,
     rng: Callable[[int], bytes] = os.urandom,
+    local_addr: Optional[tuple[str, int]] = None,
 ) -> Connection:
     """Dial ``host:port``, run the post-quantum handshake and return the link.
 
     ``peer_certificate`` (when known) lets the handshake start at once and hides our
     identity; ``expected_peer_id`` makes the handshake fail unless the peer proves it.
+    ``local_addr=(host, port)`` binds the socket before connecting (as
+    ``loop.create_connection`` does), so the peer sees the connection come from that
+    address; port 0 lets the kernel pick the port.  None (the default): the kernel picks
+    the source address too.  A node passes ``source_address(host, its bound hosts)``.
+    An address of the other family than ``host``, or one this machine does not have,
+    fails the dial with ``OSError``.
     """
     loop = asyncio.get_running_loop()
     cfg = config or LinkConfig()
@@ -333,7 +345,7 @@ async def connect(
         )
 
     transport, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: LinkProtocol(loop, make_core), host, port), timeout
+        loop.create_connection(lambda: LinkProtocol(loop, make_core), host, port, local_addr=local_addr), timeout
     )
     try:
         established = await asyncio.wait_for(asyncio.shield(protocol.established), timeout)
@@ -341,6 +353,43 @@ async def connect(
         transport.abort()
         raise
     return Connection(protocol, established)
+
+
+def source_address(peer_host: str, bound_hosts: Iterable[str]) -> Optional[tuple[str, int]]:
+    """The ``local_addr`` a node whose listeners are bound to ``bound_hosts`` dials
+    ``peer_host`` from: ``(h, 0)`` for the first bound IP address ``h`` of the peer's
+    family, so the peer sees the connection come from the address the node is known by.
+
+    None (the kernel chooses, as before) when:
+
+    * ``peer_host`` is a host name: its family and reach are known only once resolved;
+    * the first bound address of the peer's family is a wildcard (``0.0.0.0``, ``::``):
+      the node answers on every address, and the kernel's routed choice is the right one;
+    * no bound address has the peer's family (or none is an IP address);
+    * that address is loopback and the peer is not: a loopback source cannot reach
+      another machine.
+
+    Binding fixes the source, not the route: on a multi-homed host whose route to a peer
+    leaves through another interface (strict reverse-path filtering may drop it), listen
+    on the wildcard and the kernel picks per route.
+    """
+    import ipaddress
+
+    try:
+        peer = ipaddress.ip_address(peer_host.split("%", 1)[0])
+    except ValueError:
+        return None
+    for h in bound_hosts:
+        try:
+            ip = ipaddress.ip_address(str(h).split("%", 1)[0])
+        except ValueError:
+            continue
+        if ip.version != peer.version:
+            continue
+        if ip.is_unspecified or (ip.is_loopback and not peer.is_loopback):
+            return None
+        return (str(h), 0)
+    return None
 
 
 class Listener:

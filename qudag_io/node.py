@@ -41,6 +41,12 @@ circuit's last hop the node serves the ``"echo"`` stream service and the ``"msg"
 service (application messages over a circuit, :func:`send_over_stream`).  ``/status``
 reports the circuits open through the relay and the cells it has relayed.
 
+Outbound TCP links leave from the address of the listener that names the node to that
+peer (``qudag_io.link.source_address``): :meth:`Node.dial` and the dark storage links
+from the link listener's, the relay's dials to next hops from the onion listener's; the
+kernel picks when the listener is on a wildcard (``0.0.0.0``/``::``).  So peers keying
+anything on the source address (per-IP limits, logs) see the node where it listens.
+
 Dark addresses (docs/dark.md §8): the node's links also carry the dark storage
 protocol.  A link message that is a bencoded dictionary (first byte ``d``; application
 messages start with ``0x00``) goes to the node's ``DescriptorServer`` (``dark_get``/
@@ -72,7 +78,7 @@ from qudag_io.config import NodeSettings
 from qudag_io.dark import DARK_LINK_CONFIG, CertificateDirectory, DarkClient, DescriptorServer, node_dht_id
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
-from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen, source_address
 from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
 from qudag_io.metrics import (CellDropReason, CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter,
                               NodeMetrics, Transport)
@@ -308,7 +314,8 @@ class Node:
         if s.dark_directory:
             directory = CertificateDirectory(s.dark_directory)
             directory.register(self.certificate)
-            self.dark = DarkClient(self.dht, self.identity, directory, local=self.dark_server)
+            self.dark = DarkClient(self.dht, self.identity, directory, local=self.dark_server,
+                                   local_hosts=self.link_hosts)
             self.meter_resolver(self.dark.resolver)
         if boot:
             t = time.monotonic()
@@ -565,12 +572,20 @@ class Node:
     def _inbound_handshake_failed(self, exc: ConnectionClosed) -> None:
         self.metrics.handshake_failed(classify_handshake_failure(exc))
 
+    @property
+    def link_hosts(self) -> tuple[str, ...]:
+        """The addresses the link listener is bound to; the node's links leave from them."""
+        return tuple(h for h, _ in self.listener.addresses) if self.listener is not None else ()
+
     async def dial(self, host: str, port: int, *, peer_id: Optional[bytes] = None,
                    peer_certificate: Optional[NodeCertificate] = None, timeout: float = 10.0) -> Connection:
-        """Open an authenticated link; handshake outcomes are counted."""
+        """Open an authenticated link; handshake outcomes are counted.  It leaves from
+        the link listener's address of the peer's family (``link.source_address``), so a
+        node run with ``--listen 127.5.0.1:PORT`` is seen by its peers as 127.5.0.1."""
         try:
             conn = await connect(host, port, identity=self.identity, expected_peer_id=peer_id,
-                                 peer_certificate=peer_certificate, timeout=timeout)
+                                 peer_certificate=peer_certificate, timeout=timeout,
+                                 local_addr=source_address(host, self.link_hosts))
         except (ConnectionClosed, asyncio.TimeoutError) as exc:
             self.metrics.handshake_failed(classify_handshake_failure(exc))
             raise

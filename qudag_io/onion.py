@@ -23,11 +23,15 @@ one ``call_at`` per node; link keepalive and idle close run in the link cores
 (``LinkConfig.channel.keepalive_interval`` / ``idle_timeout``).  Cores see
 ``time.monotonic()``; only the link adapter needs the calendar (certificates).
 
+A relay dials its next hops from the address its listener is bound to
+(``qudag_io.link.source_address``; the kernel picks when that is a wildcard), so the next
+hop sees it at the address the directory lists for it.
+
 Public API::
 
     node = await OnionNode.start(identity, directory, host="127.0.0.1")
     node.register_service("echo", handler)           # handler(stream) -> awaitable
-    client = OnionClient(node, per_subnet=None)        # loopback: disable the /16 rule
+    client = OnionClient(node)                         # per_subnet=None: relays share a /16
     circuit = await client.build_circuit(hops=3)
     stream = await circuit.open_stream(circuit.exit_node_id, "echo")
     await stream.send(b"data"); data = await stream.recv(); await stream.close()
@@ -69,7 +73,7 @@ from qudag_core.onion.streams import (
     StreamOpened,
     StreamRequested,
 )
-from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen
+from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen, source_address
 
 
 def link_frame_size(config: LinkConfig) -> int:
@@ -391,6 +395,11 @@ class OnionNode:
         self.cells_dropped_not_relay = 0
         #: ``on_handshake_failed(exc)`` is told of every failed link handshake (metrics).
         self.on_handshake_failed: Optional[Callable[[BaseException], None]] = None
+        #: The addresses this node's listener is bound to (set by ``start``).  Links it
+        #: dials leave from the one of the next hop's family (``link.source_address``), so
+        #: a relay is seen by the next hop at the address the directory lists for it; none
+        #: (the kernel picks) when that is a wildcard or loopback facing a public peer.
+        self.bound_hosts: tuple[str, ...] = ()
 
     @classmethod
     async def start(
@@ -402,6 +411,7 @@ class OnionNode:
             on_handshake_failed=node._handshake_failed,
         )
         node.certificate = node.listener.certificate
+        node.bound_hosts = tuple(h for h, _ in node.listener.addresses)
         return node
 
     @property
@@ -469,6 +479,7 @@ class OnionNode:
                     config=self.link_config,
                     timeout=timeout,
                     rng=self.rng,
+                    local_addr=source_address(str(host), self.bound_hosts),
                 )
             except (ConnectionClosed, asyncio.TimeoutError) as exc:
                 self._handshake_failed(exc)
@@ -1201,7 +1212,8 @@ class OnionCircuit(_StreamOwner):
 
 
 class OnionClient:
-    """Builds circuits from ``node``'s directory (``per_subnet=None`` on loopback)."""
+    """Builds circuits from ``node``'s directory (``per_subnet=None`` where the relays share a
+    /16, e.g. all on 127.0.0.1; relays on their own loopback /16s keep the rule)."""
 
     def __init__(self, node: OnionNode, *, per_subnet: Optional[int] = 1) -> None:
         self.node = node

@@ -248,11 +248,77 @@ def test_send_over_a_three_hop_circuit(nodes, tmp_path):
               "over", "three hops", passphrase=None)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("over a 3-hop circuit (acknowledged, digest verified)") == 2
+    # Every relay on 127.0.0.1: the one-relay-per-/16 rule cannot hold, so it is off.
+    assert "3-hop circuit built; /16 path rule off (loopback relays share a /16)" in r.stdout
     assert exit_node.stop() == 0
     assert exit_node.stderr().count("message over a circuit") == 2
     # An exit that is not a relay: one line saying what to do.
     r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", "00" * 20, "x", passphrase=None)
     assert r.returncode == 1 and "is not a relay" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+ON_OWN_16S = ["127.31.0.1", "127.32.0.1", "127.33.0.1"]
+
+
+def _can_bind_own_16s() -> bool:
+    from qudag_io.loopback import can_bind
+
+    return can_bind(ON_OWN_16S)
+
+
+@pytest.mark.skipif(not _can_bind_own_16s(), reason="this system binds only 127.0.0.1 on loopback")
+def test_relays_on_their_own_16s_keep_the_path_rule_and_link_from_their_address(nodes, tmp_path):
+    """Three ``qudag node run --relay`` processes, each with every listener on its own
+    loopback /16.  ``qudag send --hops 3`` keeps the production path rule (one relay per
+    /16), and a node's dark storage links reach the other nodes from its own address (their
+    ``/status`` lists the inbound link at it, not at 127.0.0.1)."""
+    dark = str(tmp_path / "dark.json")
+    directory = str(tmp_path / "relays.json")
+
+    def flags(h: str) -> list[str]:
+        return ["--listen-tcp", f"{h}:0", "--listen-udp", f"{h}:0", "--onion-listen", f"{h}:0",
+                "--metrics", f"{h}:0", "--relay", "--onion-directory", directory, "--dark-directory", dark]
+
+    relays = [nodes("r0", *flags(ON_OWN_16S[0]))]
+    relays += [nodes(f"r{i}", *flags(ON_OWN_16S[i]), "--bootstrap", relays[0].udp()) for i in (1, 2)]
+    assert [r.info["link"][0][0] for r in relays] == ON_OWN_16S
+    certs = []
+    for r in relays:
+        with open(os.path.join(r.dir, "onion.cert"), "rb") as f:
+            certs.append(f.read().hex())
+    with open(directory, "w") as f:
+        json.dump(certs, f)
+    exit_node = relays[2]
+    r = qudag("address", "new", "--keystore", os.path.join(exit_node.dir, "key"))
+    assert r.returncode == 0, r.stderr
+    r = qudag("address", "publish", r.stdout.strip(), "--data-dir", exit_node.dir, passphrase=None)
+    assert r.returncode == 0, r.stderr
+    for other in relays[:2]:
+        st = json.loads(qudag("status", "--url", other.http(), "--json", passphrase=None).stdout)
+        inbound = {p["address"][0] for p in st["peers"] if p["direction"] == "inbound"}
+        assert inbound == {ON_OWN_16S[2]}, st["peers"]
+    r = qudag("send", "--hops", "3", "--directory", directory, "--peer-id", exit_node.node_id,
+              "over three /16s", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert "3-hop circuit built; one relay per /16" in r.stdout
+    assert "over a 3-hop circuit (acknowledged, digest verified)" in r.stdout
+    assert exit_node.stop() == 0
+    assert exit_node.stderr().count("message over a circuit") == 1
+
+
+def test_path_rule_for():
+    """``qudag send --hops`` and the testnet choose the path rule the same way: off only
+    for loopback relays that share a /16."""
+    from qudag_io.cli import path_rule_for
+
+    assert path_rule_for(["127.1.0.1", "127.2.0.1", "127.3.0.1"]) == 1
+    assert path_rule_for(["127.0.0.1", "127.0.0.1", "127.0.0.1"]) is None
+    assert path_rule_for(["127.1.0.1", "127.1.5.1", "127.3.0.1"]) is None
+    assert path_rule_for(["::1", "127.1.0.1"]) == 1  # distinct prefixes (IPv6 /32, IPv4 /16)
+    assert path_rule_for(["::1", "::1"]) is None
+    # Anything off loopback: the production rule stays on, shared /16s or not.
+    assert path_rule_for(["198.51.100.1", "198.51.7.1", "203.0.113.1"]) == 1
+    assert path_rule_for(["127.0.0.1", "127.0.0.1", "203.0.113.1"]) == 1
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/promtool"), reason="promtool not installed (/usr/bin/promtool)")
@@ -307,6 +373,8 @@ def test_testnet_nodes_on_their_own_slash24s_fill_their_tables(tmp_path):
     assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
     assert f"dark resolve: by name via node {n - 1:02d}: node 00 at 127.1.0.1:" in out, out
     assert "dark message: acknowledged by node 00" in out
+    # Node 00's dark storage links stay open, and their sources are node addresses.
+    assert re.search(r"link sources: [1-9]\d* open inbound links, each from its node's own address", out), out
     assert out.count("/metrics") == n and out.rstrip().endswith("testnet: OK")
     assert time.monotonic() - t < 80
     rows = [m.groups() for m in map(_NODE_ROW.match, out.splitlines()) if m]
@@ -339,7 +407,12 @@ def test_testnet_host_scheme():
     from qudag_core.krpc.bep42 import is_exempt
     from qudag_core.krpc.routing import address_prefix
     from qudag_core.onion.path import subnet_of
+    from qudag_io import loopback
     from qudag_io.cli import TESTNET_MAX_NODES, testnet_client_host, testnet_host
+
+    # One plan: the command line uses the shared module's functions, not a copy.
+    assert (testnet_host, testnet_client_host, TESTNET_MAX_NODES) == (
+        loopback.testnet_host, loopback.testnet_client_host, loopback.TESTNET_MAX_NODES)
 
     hosts = [testnet_host(i) for i in range(TESTNET_MAX_NODES)]
     assert hosts[:3] == ["127.1.0.1", "127.2.0.1", "127.3.0.1"] and hosts[254] == "127.1.1.1"

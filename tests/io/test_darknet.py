@@ -188,3 +188,63 @@ def test_unreachable_service_and_hijacked_endpoint(run_loop):
                 await net.close()
 
     run_loop(main, 60)
+
+
+class _Recording(DescriptorServer):
+    """A storage node that records the source address of every link it serves."""
+
+    sources: list = []
+
+    async def serve_link(self, conn, peer_addr=None):
+        self.sources.append((self.dht.address[0], conn.remote_address[0]))
+        await super().serve_link(conn, peer_addr)
+
+
+def test_loopback_network_nodes_link_from_their_own_addresses(run_loop):
+    """``start_loopback_network`` puts node ``i`` on ``testnet_host(i)`` (its own /16, the
+    ``qudag testnet`` plan), and a node's client dials storage nodes and dark names from
+    that address: each storage node sees 127.3.0.1 for node 2, as per-IP limits would."""
+    from qudag_io.loopback import testnet_host
+
+    n = 6
+
+    async def main():
+        seen = []
+
+        async def record(conn):
+            seen.append(conn.remote_address[0])
+            await _echo(conn)
+
+        async with await listen("127.0.0.1", 0, identity=SERVICE, handler=record) as lst:
+            _Recording.sources = []
+            net = await start_loopback_network(n, server_factory=_Recording)
+            sc, client = net.client(2), net.client(4)
+            try:
+                assert [d.address[0] for d in net.dhts] == [testnet_host(i) for i in range(n)]
+                assert [lst_.addresses[0][0] for lst_ in net.listeners] == [testnet_host(i) for i in range(n)]
+                assert sc.local_hosts == (testnet_host(2),) == ("127.3.0.1",)
+                svc = DarkService.from_identity(SERVICE, certificate=lst.certificate)
+                published = await sc.publish(Publisher(svc, os.urandom))
+                assert published and all(len(_ok(r)) >= 1 for _, r in published), published
+                from_sc = [src for node, src in _Recording.sources if node != testnet_host(2)]
+                assert from_sc and set(from_sc) == {"127.3.0.1"}, _Recording.sources
+                _Recording.sources.clear()
+                conn = await connect_dark(str(svc.address), client)
+                async with conn:
+                    await conn.send(b"hi")
+                    assert await conn.recv() == b"echo:hi"
+                    assert conn.local_address[0] == "127.5.0.1"
+                assert seen == ["127.5.0.1"]
+                from_client = [src for node, src in _Recording.sources if node != testnet_host(4)]
+                assert from_client and set(from_client) == {"127.5.0.1"}, _Recording.sources
+                # An explicit local_addr wins over the client's hosts.
+                conn = await connect_dark(str(svc.address), client, local_addr=("127.0.0.1", 0))
+                async with conn:
+                    assert conn.local_address[0] == "127.0.0.1"
+                assert seen[-1] == "127.0.0.1"
+            finally:
+                await client.close()
+                await sc.close()
+                await net.close()
+
+    run_loop(main, 60)

@@ -6,12 +6,17 @@ import hashlib
 import os
 import random
 
+import ipaddress
+import socket
+
 import pytest
+from hypothesis import given, strategies as st
 
 from qudag_core.channel import ChannelConfig
 from qudag_core.identity import Identity
 from qudag_core.link import LinkConfig
-from qudag_io.link import ConnectionClosed, connect, listen
+from qudag_io.link import ConnectionClosed, connect, listen, source_address
+from qudag_io.loopback import can_bind
 
 ALICE = Identity.generate(os.urandom)
 BOB = Identity.generate(os.urandom)
@@ -223,3 +228,135 @@ def test_idle_peer_is_dropped(run_loop):
             await conn.close()
 
     run_loop(main)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_127_8 = pytest.mark.skipif(not can_bind(["127.6.0.1", "127.7.0.1"]),
+                                 reason="this system binds only 127.0.0.1 on loopback")
+
+
+@needs_127_8
+def test_connect_local_addr_is_the_source_the_listener_sees(run_loop):
+    """``connect(local_addr=...)``: the accepting side's transport reports that address as
+    the peer; without it the kernel picks (127.0.0.1 on Linux), not the node's address."""
+
+    async def main():
+        seen: asyncio.Queue = asyncio.Queue()
+
+        async def handler(conn):
+            await seen.put(conn.remote_address)
+            async for m in conn:
+                await conn.send(m)
+
+        async with await listen("127.6.0.1", 0, identity=BOB, handler=handler) as lst:
+            host, port = lst.addresses[0]
+            async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate,
+                                     local_addr=("127.7.0.1", 0)) as conn:
+                await conn.send(b"x")
+                assert await conn.recv() == b"x"
+                peer = await asyncio.wait_for(seen.get(), 5)
+                assert peer[0] == "127.7.0.1" and conn.local_address[0] == "127.7.0.1"
+                assert peer[1] == conn.local_address[1] != 0  # port 0: the kernel picked one
+            async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate) as conn:
+                await conn.send(b"y")
+                assert await conn.recv() == b"y"
+                assert (await asyncio.wait_for(seen.get(), 5))[0] != "127.7.0.1"
+
+    run_loop(main)
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@needs_127_8
+def test_source_address_picks_the_bound_address_of_the_peers_family(run_loop):
+    """A node bound to 127.7.0.1 and ::1 dials an IPv6 peer from ::1 and an IPv4 peer
+    from 127.7.0.1; what each listener sees is that address."""
+    bound = ["127.7.0.1", "::1"]
+
+    async def main():
+        seen: asyncio.Queue = asyncio.Queue()
+
+        async def handler(conn):
+            await seen.put(conn.remote_address[0])
+            await conn.recv()
+
+        async with await listen("::1", 0, identity=BOB, handler=handler) as v6, \
+                await listen("127.6.0.1", 0, identity=BOB, handler=handler) as v4:
+            for lst, want in ((v6, "::1"), (v4, "127.7.0.1")):
+                host, port = lst.addresses[0]
+                async with await connect(host, port, identity=ALICE, peer_certificate=lst.certificate,
+                                         local_addr=source_address(host, bound)):
+                    assert await asyncio.wait_for(seen.get(), 5) == want
+
+    run_loop(main)
+
+
+def test_connect_local_addr_not_on_this_machine_is_oserror(run_loop):
+    """A source address the machine does not have (TEST-NET-1) fails the dial with
+    ``OSError`` before any handshake; so does one of the other family."""
+
+    async def main():
+        async def handler(conn):
+            await conn.recv()
+
+        async with await listen("127.0.0.1", 0, identity=BOB, handler=handler) as lst:
+            host, port = lst.addresses[0]
+            with pytest.raises(OSError):
+                await connect(host, port, identity=ALICE, peer_certificate=lst.certificate,
+                              local_addr=("192.0.2.1", 0), timeout=5)
+            if _has_ipv6_loopback():
+                with pytest.raises(OSError):
+                    await connect(host, port, identity=ALICE, peer_certificate=lst.certificate,
+                                  local_addr=("::1", 0), timeout=5)
+
+    run_loop(main)
+
+
+@pytest.mark.parametrize("peer, bound, want", [
+    ("127.8.0.1", ["127.7.0.1"], ("127.7.0.1", 0)),         # loopback node, loopback peer
+    ("127.0.0.1", ["127.7.0.1"], ("127.7.0.1", 0)),
+    ("198.51.100.7", ["203.0.113.5"], ("203.0.113.5", 0)),  # a node on a public address
+    ("127.0.0.1", ["203.0.113.5"], ("203.0.113.5", 0)),     # public source reaches local peers
+    ("198.51.100.7", ["127.7.0.1"], None),                   # loopback cannot reach another host
+    ("127.8.0.1", ["0.0.0.0"], None),                        # wildcard: the kernel's choice
+    ("::1", ["::"], None),
+    ("::1", ["127.7.0.1"], None),                            # no bound address of the family
+    ("127.8.0.1", ["::1"], None),
+    ("::1", ["127.7.0.1", "::1"], ("::1", 0)),               # the one of the peer's family
+    ("127.8.0.1", ["::1", "127.7.0.1"], ("127.7.0.1", 0)),
+    ("127.8.0.1", ["0.0.0.0", "127.7.0.1"], None),           # first of the family decides
+    ("localhost", ["127.7.0.1"], None),                      # a name: family unknown
+    ("relay.example", ["203.0.113.5"], None),
+    ("127.8.0.1", ["localhost", "127.7.0.1"], ("127.7.0.1", 0)),  # names among bound skipped
+    ("127.8.0.1", [], None),
+])
+def test_source_address_table(peer, bound, want):
+    assert source_address(peer, bound) == want
+
+
+_hosts = st.one_of(
+    st.ip_addresses().map(str),
+    st.sampled_from(["0.0.0.0", "::", "127.0.0.1", "::1", "localhost", "", "fe80::1%eth0"]),
+    st.text(max_size=40),
+)
+
+
+@given(_hosts, st.lists(_hosts, max_size=4))
+def test_source_address_is_a_bound_ip_of_the_peers_family_or_none(peer, bound):
+    """Any input: None, or ``(h, 0)`` with ``h`` one of ``bound``, an IP address of the
+    peer's family that is not a wildcard and not loopback facing a non-loopback peer."""
+    got = source_address(peer, bound)
+    if got is None:
+        return
+    h, port = got
+    assert port == 0 and h in bound
+    ip, pip = ipaddress.ip_address(h.split("%")[0]), ipaddress.ip_address(peer.split("%")[0])
+    assert ip.version == pip.version and not ip.is_unspecified
+    assert pip.is_loopback or not ip.is_loopback

@@ -353,3 +353,55 @@ def test_foreign_link_messages_are_ignored(run):
             await n.stop()
 
     run(main())
+
+
+@pytest.mark.skipif(not __import__("qudag_io.loopback", fromlist=["can_bind"]).can_bind(["127.5.0.1", "127.6.0.1"]),
+                    reason="this system binds only 127.0.0.1 on loopback")
+def test_node_dials_from_its_listen_addresses(run, tmp_path):
+    """A node run with ``--listen 127.5.0.1:...`` is seen by its peers at 127.5.0.1 on every
+    kind of link it opens: its own dial, its dark storage links (from the link listener's
+    address) and its relay's links to other relays (from the onion listener's)."""
+    from qudag_core.dark import Publisher
+    from qudag_io.dark import derived_service
+    from qudag_io.node import write_directory
+
+    def settings(host, **kw):
+        return NodeSettings(link_listen=(host, 0), dht_listen=(host, 0), onion_listen=(host, 0), http_enabled=False,
+                            relay=True, onion_directory=str(tmp_path / "relays.json"),
+                            dark_directory=str(tmp_path / "dark.json"), **kw)
+
+    async def main():
+        b = await Node.start(Identity.generate(os.urandom), settings("127.6.0.1"))
+        a = None
+        try:
+            a = await Node.start(Identity.generate(os.urandom), settings("127.5.0.1", bootstrap=[b.dht.address]))
+            assert a.link_hosts == ("127.5.0.1",) and a.dark.local_hosts == ("127.5.0.1",)
+            assert a.onion.bound_hosts == ("127.5.0.1",)
+
+            def inbound_at_b():
+                return [p["address"][0] for p in b.status()["peers"] if p["direction"] == "inbound"]
+
+            conn = await a.dial(*b.listener.addresses[0], peer_id=b.identity.node_id)
+            async with conn:
+                await send_message(conn, b"hello")
+                assert conn.local_address[0] == "127.5.0.1" and inbound_at_b() == ["127.5.0.1"]
+            # Dark storage: A's descriptor puts reach B over a link A opens.
+            published = await a.dark.publish(Publisher(derived_service(a.identity, 0, a.certificate), os.urandom))
+            assert any(nid == b.dht.node_id for _, puts in published for nid, _ in puts), published
+            assert len(b.dark_server.store) >= 1  # the put arrived over that link
+            assert inbound_at_b() and set(inbound_at_b()) == {"127.5.0.1"}  # the pooled dark link is open
+            # Onion: A's relay opens a link to B's relay, as it would for an EXTEND.
+            write_directory(str(tmp_path / "relays.json"), [a.onion.certificate, b.onion.certificate])
+            out = await a.onion.link_to(b.onion.node_id)
+            assert out.conn.local_address[0] == "127.5.0.1"
+            for _ in range(100):
+                if a.onion.node_id in b.onion._links_by_peer:
+                    break
+                await asyncio.sleep(0.02)
+            assert b.onion._links_by_peer[a.onion.node_id].conn.remote_address[0] == "127.5.0.1"
+        finally:
+            if a is not None:
+                await a.stop(save=False)
+            await b.stop(save=False)
+
+    run(main())

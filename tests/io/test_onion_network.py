@@ -19,6 +19,7 @@ from qudag_core.link import LinkConfig
 from qudag_core.onion.cells import CELL_SIZE, CellCommand, DestroyReason, RELAY_DATA_MAX
 from qudag_core.onion.path import NotEnoughRelays
 from qudag_io.link import ConnectionClosed, connect
+from qudag_io.loopback import can_bind
 from qudag_io.onion import (
     CircuitError,
     DirectoryEntry,
@@ -459,6 +460,47 @@ def test_path_selection_from_directory(run_loop):
                 await OnionClient(net.client_node).build_circuit(hops=3)
         finally:
             await net.close()
+
+    run_loop(main, 30)
+
+
+@pytest.mark.skipif(not can_bind(["127.7.0.1", "127.10.0.1"]), reason="this system binds only 127.0.0.1 on loopback")
+def test_relays_dial_next_hops_from_their_own_address(run_loop):
+    """Relays on 127.7/8/9.0.1 and a client on 127.10.0.1, each in its own /16: a circuit
+    is built with the production path rule on, and every hop sees the link from the
+    previous one come from that node's listen address (what per-IP limits and logs at
+    the next hop key on), not from 127.0.0.1."""
+    hosts = ["127.7.0.1", "127.8.0.1", "127.9.0.1"]
+
+    async def main():
+        directory = RelayDirectory()
+        nodes = []
+        try:
+            for ident, host in zip(IDS[:3], hosts):
+                n = await OnionNode.start(ident, directory, host=host)
+                n.register_service("echo", _echo)
+                nodes.append(n)
+                directory.add(n.directory_entry())
+            client = await OnionNode.start(IDS[3], directory, relay=False, host="127.10.0.1")
+            nodes.append(client)
+            assert [n.bound_hosts for n in nodes] == [(h,) for h in hosts + ["127.10.0.1"]]
+            circ = await OnionClient(client).build_circuit(hops=3)  # per_subnet=1: distinct /16s
+            by_id = {n.node_id: n for n in nodes}
+            path = [by_id[i] for i in circ.node_ids]
+            stream = await circ.open_stream(circ.exit_node_id, "echo")
+            await stream.send(b"from 127.10.0.1")
+            assert await stream.readexactly(15) == b"from 127.10.0.1"
+            await stream.close()
+            for prev, hop in zip([client, *path[:2]], path):
+                link = hop._links_by_peer[prev.node_id]  # the accepting side of prev's dial
+                assert not link.outbound
+                assert link.conn.remote_address[0] == prev.address[0], (prev.address, link.conn.remote_address)
+                out = prev._links_by_peer[hop.node_id]
+                assert out.outbound and out.conn.local_address[0] == prev.address[0]
+            await circ.close()
+        finally:
+            for n in nodes:
+                await n.close()
 
     run_loop(main, 30)
 
