@@ -1229,17 +1229,15 @@ class OnionClient:
         if path is not None:
             chosen = [infos[bytes(n)] for n in path]
         else:
-            exclude = {node.node_id}
+            reserved: tuple = ()
             if exit is not None:
-                exclude.add(bytes(exit))
                 if bytes(exit) not in infos:
                     raise LookupError("exit not in the directory")
-            k = hops - (1 if exit is not None else 0)
-            chosen = select_path(
-                list(infos.values()), k, node.rng, exclude=frozenset(exclude), per_subnet=self.per_subnet
-            )
-            if exit is not None:
-                chosen.append(infos[bytes(exit)])
+                reserved = (infos[bytes(exit)],)  # its /16 counts toward the path rule
+            k = hops - len(reserved)
+            chosen = select_path(list(infos.values()), k, node.rng, exclude=frozenset({node.node_id}),
+                                 per_subnet=self.per_subnet, reserved=reserved)
+            chosen.extend(reserved)
         link = await node.link_to(chosen[0].node_id, timeout=timeout)
         while True:
             circ_id = int.from_bytes(node.rng(4), "big")

@@ -48,18 +48,28 @@ def select_path(
     *,
     exclude: frozenset[bytes] = frozenset(),
     per_subnet: int | None = 1,
+    reserved: tuple[RelayInfo, ...] = (),
 ) -> list[RelayInfo]:
-    """Pick ``hops`` distinct relays, weighted by bandwidth x reputation."""
+    """Pick ``hops`` distinct relays, weighted by bandwidth x reputation.
+
+    ``reserved``: relays already fixed in the path (e.g. a chosen exit).  They are not
+    picked again and their prefixes count toward ``per_subnet``, so a fixed exit cannot
+    share its /16 with a hop chosen here."""
+    used: dict[str, int] = {}
+    taken = set(exclude)
+    for r in reserved:
+        taken.add(r.node_id)
+        s = subnet_of(r.address)
+        used[s] = used.get(s, 0) + 1
     pool = []
     seen: set[bytes] = set()
     for r in relays:
         w = max(0.0, float(r.bandwidth)) * max(0.0, float(r.reputation))
-        if r.node_id in exclude or r.node_id in seen or not w > 0.0:
+        if r.node_id in taken or r.node_id in seen or not w > 0.0:
             continue
         seen.add(r.node_id)
         pool.append((r, w, subnet_of(r.address)))
     out: list[RelayInfo] = []
-    used: dict[str, int] = {}
     while len(out) < hops:
         cand = [(r, w, s) for (r, w, s) in pool if per_subnet is None or used.get(s, 0) < per_subnet]
         total = sum(w for _, w, _ in cand)

@@ -30,6 +30,21 @@ def test_one_per_slash16_and_no_repeats(rng):
     assert len(select_path(rs, 4, rng, per_subnet=None)) == 4
 
 
+def test_a_reserved_exit_counts_toward_the_subnet_rule(rng):
+    """A fixed exit (``build_circuit(exit=...)``) shares its /16 with no hop chosen for
+    it, and is not chosen again; without ``reserved`` a mate of its /16 could be."""
+    rs = relays([("10.0.0.1", 1, 1), ("10.0.5.5", 1000, 1), ("11.0.0.1", 1, 1), ("12.0.0.1", 1, 1)])
+    exit_ = rs[0]
+    for _ in range(50):
+        p = select_path(rs, 2, rng, reserved=(exit_,))
+        assert exit_ not in p
+        assert len({subnet_of(r.address) for r in p + [exit_]}) == 3
+    with pytest.raises(NotEnoughRelays):  # only two /16s left besides the exit's
+        select_path(rs, 3, rng, reserved=(exit_,))
+    chosen = {r.node_id for _ in range(50) for r in select_path(rs, 2, rng, exclude=frozenset({exit_.node_id}))}
+    assert rs[1].node_id in chosen  # the exit's /16 mate, heavy, is picked when not reserved
+
+
 def test_zero_weight_and_excluded_never_chosen(rng):
     rs = relays([("1.1.0.1", 0, 1), ("2.2.0.1", 5, 0), ("3.3.0.1", 5, 1), ("4.4.0.1", 5, 1)])
     for _ in range(20):
