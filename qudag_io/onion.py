@@ -96,6 +96,12 @@ MAX_BATCH = 64
 #: Pending cells per link above which the readers feeding it pause (backpressure); they
 #: resume once its writer has brought it down to ``LINK_HIGH // 2``.
 LINK_HIGH = 512
+#: Seconds one link message may wait for the peer to take it (the socket's write buffer
+#: to drain) before the link is declared stalled and aborted.  Readers paused for a link
+#: wait for nothing but its drain, so this is what bounds their pause when the peer hangs
+#: (links have no idle timeout by default) and breaks any cycle of relays waiting on each
+#: other; a peer that takes nothing of a 64 KiB write for this long carries no circuit.
+LINK_STALL_TIMEOUT = 60.0
 #: Relay output cells one received cell can cause at most: a relayed cell is one cell; a
 #: refused one is a DESTROY toward each side of its circuit (two).  An admitted link
 #: message of n cells therefore hands the mixer at most ``OUT_PER_CELL * n`` cells.
@@ -272,16 +278,26 @@ class _NodeLink:
                 hook = self.node.link_send_hook
                 if hook is not None:
                     hook(self.peer, batch)
+                stall = loop.call_later(LINK_STALL_TIMEOUT, self._stalled)  # one timer per message
                 try:
                     await self.conn.send(batch)
                 except ConnectionClosed:
                     # raised before anything was written: the batch never left
                     self.node.cells_dropped_link_closed += len(batch) // CELL_SIZE
                     raise
+                finally:
+                    stall.cancel()
         except (ConnectionClosed, asyncio.CancelledError):
             pass
         finally:
             self._drained.set()
+
+    def _stalled(self) -> None:
+        """The peer took nothing for ``LINK_STALL_TIMEOUT`` s: drop the link (an
+        authenticated close would wait behind the same full buffer).  Its reader then ends,
+        the relay destroys its circuits, and readers paused for it resume."""
+        log.warning("link to %s stalled for %.0f s: aborting it", self.peer.hex()[:8], LINK_STALL_TIMEOUT)
+        self.conn.abort()
 
     async def _until(self, ready: asyncio.Event) -> None:
         """Wait for ``ready`` or for this link to close, whichever comes first (node
@@ -313,9 +329,10 @@ class _NodeLink:
         us.  So two relays pushing to each other cannot stall: each waits only on its links
         to third nodes, and a client never waits at all (its circuits answer on the link
         they read).  A cycle of three or more relays whose links are all congested by
-        circuits turning the same way round it can still stall until a link's idle timeout
-        closes it: avoiding that needs per-circuit queues, out of scope here (as is
-        per-circuit fairness: a slow next hop pauses the whole inbound link feeding it)."""
+        circuits turning the same way round it can still stall, every writer on it blocked
+        on a full socket, until ``LINK_STALL_TIMEOUT`` aborts one of those links (losing its
+        circuits): avoiding that needs per-circuit queues, out of scope here, as is
+        per-circuit fairness (a slow next hop pauses the whole inbound link feeding it)."""
         node = self.node
         closed = self.conn._p.closed_event
         fed: Any = ()  # links the previous message's output went to

@@ -10,6 +10,7 @@ link in and out) do not deadlock.  Runs under asyncio's default loop and uvloop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections import deque
@@ -319,3 +320,55 @@ def test_two_relays_ping_pong_over_one_link_do_not_deadlock(run_loop, monkeypatc
                 await node.close()
 
     run_loop(main, 90)
+
+
+def _shrink(conn, opt) -> None:
+    """Tests: a small kernel socket buffer, so a peer that stops reading is felt at once."""
+    import socket
+
+    sock = conn._p.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, opt, 4096)
+
+
+def test_hung_next_hop_is_aborted_and_the_paused_reader_resumes(run_loop, monkeypatch, caplog):
+    """R3 stops reading its link from R2 (hung, not closed): R2's writer blocks on the full
+    socket, its readers pause behind it; after ``LINK_STALL_TIMEOUT`` R2 aborts that link
+    (the circuit on it is destroyed, its queued cells counted as dropped for a closed link)
+    and reading from R1 resumes: a new circuit through R2 carries data again."""
+    import socket
+
+    monkeypatch.setattr(onion, "LINK_STALL_TIMEOUT", 0.5)
+    caplog.set_level(logging.WARNING, logger="qudag.onion")
+
+    async def main():
+        (r1, r2, r3), client, _ = await _start(3, [MixerConfig(), MixerConfig(), MixerConfig()])
+        senders = []
+        try:
+            path = [r1.node_id, r2.node_id, r3.node_id]
+            circ = await OnionClient(client, per_subnet=None).build_circuit(path=path)
+            streams = [await _open(circ) for _ in range(2)]
+            out = r2._links_by_peer[r3.node_id]
+            far = r3._links_by_peer[r2.node_id]
+            _shrink(out.conn, socket.SO_SNDBUF)
+            _shrink(far.conn, socket.SO_RCVBUF)
+            far.conn.freeze()  # R3 reads nothing more from R2 (and sends nothing)
+            senders += [asyncio.ensure_future(st.send(os.urandom(400 * 1000))) for st in streams]
+            exc = await asyncio.wait_for(circ.closed, 10.0)  # destroyed once R2 gave up the link
+            assert exc.remote
+            assert out.closed and r2._links_by_peer.get(r3.node_id) is not out
+            assert "stalled" in caplog.text  # R2 aborted it (nothing else closes a frozen link)
+            assert r2.cells_dropped_link_closed > 0  # what was queued for the dead link
+            assert r2.cells_dropped_mixer_full == 0
+            assert not r2._links_by_peer[r1.node_id].closed  # the inbound link survived
+            far.abort()
+            circ2 = await OnionClient(client, per_subnet=None).build_circuit(path=path)
+            await _echo_through(circ2, 64 << 10, 5)
+            await circ2.close()
+        finally:
+            for t in senders:
+                t.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            for node in (client, r1, r2, r3):
+                await asyncio.wait_for(node.close(), 10.0)
+
+    run_loop(main, 60)
