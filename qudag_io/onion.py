@@ -159,6 +159,9 @@ class MixerConfig:
     mean_delay: float = 0.0
     """Mean extra delay per cell; 0 is a pass-through (low latency, tests stay fast)."""
     max_queue: int = 1 << 16
+    """Cells the mixer holds at most.  Readers stop reading above ``max_queue - 2 x cells
+    per link message`` (docs/onion.md §4.1), so nothing relayed is dropped; below 128
+    (default frames) they admit a message only into an empty mixer."""
     batch_interval: Optional[float] = None
 
 
@@ -444,7 +447,7 @@ class OnionNode:
         self._mix_backlog: deque[tuple[Any, Any]] = deque()
         self._mix_backlog_max = MIX_BACKLOG_MAX
         #: Links the last ``_flush`` queued (or meant to queue) cells for: the reader that
-        #: caused that flush waits on them before reading its next message.
+        #: caused that flush waits on them before handing on its next message.
         self._fed_links: Any = ()
         self.listener: Optional[Listener] = None
         self.certificate: Optional[NodeCertificate] = None
