@@ -97,8 +97,22 @@ log = logging.getLogger("qudag.onion")
 #: Cells per link message at most: one AEAD frame per message, so fuller messages mean
 #: fewer frames; the link's ``max_frame_size`` caps it further (64 KiB holds 64 cells).
 MAX_BATCH = 64
-#: Pending cells per link above which readers pause (backpressure).
+#: Pending cells per link above which the readers feeding it pause (backpressure); they
+#: resume once its writer has brought it down to ``LINK_HIGH // 2``.
 LINK_HIGH = 512
+#: Seconds one link message may wait for the peer to take it (the socket's write buffer
+#: to drain) before the link is declared stalled and aborted.  Readers paused for a link
+#: wait for nothing but its drain, so this is what bounds their pause when the peer hangs
+#: (links have no idle timeout by default) and breaks any cycle of relays waiting on each
+#: other; a peer that takes nothing of a 64 KiB write for this long carries no circuit.
+LINK_STALL_TIMEOUT = 60.0
+#: Relay output cells one received cell can cause at most: a relayed cell is one cell; a
+#: refused one is a DESTROY toward each side of its circuit (two).  An admitted link
+#: message of n cells therefore hands the mixer at most ``OUT_PER_CELL * n`` cells.
+OUT_PER_CELL = 2
+#: Cells that may wait for room in a full mixer (``OnionNode._mix_backlog``) before the
+#: last-resort drop.  Relayed traffic cannot get there (see ``OnionNode._flush``).
+MIX_BACKLOG_MAX = 1 << 16
 #: END reason sent when the service is unknown.
 END_NO_SERVICE = 2
 
@@ -149,6 +163,9 @@ class MixerConfig:
     mean_delay: float = 0.0
     """Mean extra delay per cell; 0 is a pass-through (low latency, tests stay fast)."""
     max_queue: int = 1 << 16
+    """Cells the mixer holds at most.  Readers stop reading above ``max_queue - 2 x cells
+    per link message`` (docs/onion.md §4.1), so nothing relayed is dropped; below 128
+    (default frames) they admit a message only into an empty mixer."""
     batch_interval: Optional[float] = None
 
 
@@ -268,19 +285,64 @@ class _NodeLink:
                 hook = self.node.link_send_hook
                 if hook is not None:
                     hook(self.peer, batch)
+                stall = loop.call_later(LINK_STALL_TIMEOUT, self._stalled)  # one timer per message
                 try:
                     await self.conn.send(batch)
                 except ConnectionClosed:
                     # raised before anything was written: the batch never left
                     self.node.cells_dropped_link_closed += len(batch) // CELL_SIZE
                     raise
+                finally:
+                    stall.cancel()
         except (ConnectionClosed, asyncio.CancelledError):
             pass
         finally:
             self._drained.set()
 
+    def _stalled(self) -> None:
+        """The peer took nothing for ``LINK_STALL_TIMEOUT`` s: drop the link (an
+        authenticated close would wait behind the same full buffer).  Its reader then ends,
+        the relay destroys its circuits, and readers paused for it resume."""
+        log.warning("link to %s stalled for %.0f s: aborting it", self.peer.hex()[:8], LINK_STALL_TIMEOUT)
+        self.conn.abort()
+
+    async def _until(self, ready: asyncio.Event) -> None:
+        """Wait for ``ready`` or for this link to close, whichever comes first (node
+        shutdown closes or aborts every link, so it ends the wait too)."""
+        closed = self.conn._p.closed_event  # set however the connection ends
+        if ready.is_set() or closed.is_set():
+            return
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(closed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def read_loop(self) -> None:
+        """Read link messages and hand them to the node, with backpressure (docs/onion.md
+        §4.1): before handing a message on, hold it while a link the previous message's
+        output went to is above ``LINK_HIGH`` (until it is back at half that) and while
+        the relay's mixer is above its high watermark (until it is back at the low one).
+        Meanwhile nothing more is read: the link's receive queue is bounded, so TCP pushes
+        back on the peer instead of the relay dropping cells.  The mixer is checked last,
+        with no await between that check and ``_cells_in``, so two readers can never both
+        be admitted against the same room.
+
+        No deadlock: the mixer drains by the clock alone (its releases go onto link queues,
+        which never block), and a reader never waits for its own link's queue: a cell
+        read here whose output goes back out on the same link (an exit's SENDMEs, a circuit
+        that visits the peer again) would otherwise wait for a peer that may be waiting for
+        us.  So two relays pushing to each other cannot stall: each waits only on its links
+        to third nodes, and a client never waits at all (its circuits answer on the link
+        they read).  A cycle of three or more relays whose links are all congested by
+        circuits turning the same way round it can still stall, every writer on it blocked
+        on a full socket, until ``LINK_STALL_TIMEOUT`` aborts one of those links (losing its
+        circuits): avoiding that needs per-circuit queues, out of scope here, as is
+        per-circuit fairness (a slow next hop pauses the whole inbound link feeding it)."""
         node = self.node
+        closed = self.conn._p.closed_event
+        fed: Any = ()  # links the previous message's output went to
         try:
             while True:
                 msg = await self.conn.recv()
@@ -291,11 +353,22 @@ class _NodeLink:
                     log.debug("link from %s sent a %d-byte message: closing", self.peer.hex()[:8], len(msg))
                     await self.conn.close(1, "onion: not whole cells")
                     break
+                # Hold this message (the link's bounded receive queue then fills and TCP
+                # pushes back on the peer) until there is room for what it will cause.
+                for link in fed:
+                    while link is not self and link.pending_cells > LINK_HIGH and not closed.is_set():
+                        await self._until(link._drained)  # set at LINK_HIGH // 2 or when it ends
+                if node._mix_gated:  # one length check per message, never per cell
+                    mixer = node.mixer
+                    while (len(mixer) > node._mix_high or node._mix_backlog) and not (
+                        node._closed or closed.is_set()
+                    ):
+                        node._mix_room.clear()
+                        await self._until(node._mix_room)
+                # no await from the last check to here: another reader cannot slip in
                 node._cells_in(self, msg)
-                for link in list(node._links_by_id.values()):
-                    if link.pending_cells > LINK_HIGH:
-                        await asyncio.wait_for(link.wait_writable(), 30.0)
-        except (ConnectionClosed, asyncio.TimeoutError):
+                fed = node._fed_links
+        except ConnectionClosed:
             pass
         finally:
             self.closed = True
@@ -362,6 +435,24 @@ class OnionNode:
         # A zero-delay mixer without batching releases every cell at once, in order: skip
         # its heap (same output, less per-cell work on the hot path).
         self._mix_passthrough = mixer.mean_delay == 0 and mixer.batch_interval is None
+        # Backpressure (docs/onion.md §4.1): readers pause while the mixer holds more than
+        # _mix_high cells and resume at _mix_low.  _mix_high leaves room for the output of
+        # one maximal link message (a link message is at most max_frame_size bytes), so a
+        # message admitted at or below it always fits; with a mixer too small for that
+        # (max_queue < 2 x cells per message) readers wait for an empty mixer and what
+        # does not fit waits, in order, in _mix_backlog.  The pass-through has no gate.
+        self._mix_gated = not self._mix_passthrough
+        msg_cells = max(MAX_BATCH, link_frame_size(self.link_config) // CELL_SIZE)
+        self._mix_high = max(0, mixer.max_queue - OUT_PER_CELL * msg_cells)
+        self._mix_low = self._mix_high // 2
+        self._mix_room = asyncio.Event()
+        self._mix_room.set()
+        #: ((link_id, circ_id bytes), cell) that found the mixer full, oldest first.
+        self._mix_backlog: deque[tuple[Any, Any]] = deque()
+        self._mix_backlog_max = MIX_BACKLOG_MAX
+        #: Links the last ``_flush`` queued (or meant to queue) cells for: the reader that
+        #: caused that flush waits on them before handing on its next message.
+        self._fed_links: Any = ()
         self.listener: Optional[Listener] = None
         self.certificate: Optional[NodeCertificate] = None
         self._links_by_id: dict[int, _NodeLink] = {}
@@ -622,22 +713,58 @@ class OnionNode:
                     self.cells_dropped_link_closed += len(cells) // CELL_SIZE
             for link in touched:
                 link._queued()
+            self._fed_links = touched
         else:
             now = time.monotonic()
-            full = 0
+            mixer = self.mixer
+            backlog = self._mix_backlog
+            if backlog:
+                self._mix_refill(now)  # older cells first: a circuit's cells keep their order
+            fed = set()
+            last = None
             for link_id, cell in out:
-                if not self.mixer.push((link_id, bytes(cell[:4])), cell, now):
-                    full += 1
-            if full:  # one line per flush, not per cell: a burst must not flood the log
-                self.cells_dropped_mixer_full += full
-                log.warning("mixer full: %d cell(s) dropped (their circuits will fail the integrity check)", full)
-            for (link_id, _), cell in self.mixer.cells_to_send(now):
+                if link_id != last:
+                    last = link_id
+                    link = links.get(link_id)
+                    if link is not None:
+                        fed.add(link)
+                key = (link_id, bytes(cell[:4]))
+                if backlog or not mixer.push(key, cell, now):
+                    backlog.append((key, cell))
+            self._fed_links = fed
+            for (link_id, _), cell in mixer.cells_to_send(now):
                 link = links.get(link_id)
                 if link is not None:
                     link.queue(cell)  # counts it if the link has closed
                 else:
                     self.cells_dropped_link_closed += 1
+            if backlog:
+                self._mix_refill(now)
+                # Last resort, unreachable for relayed cells: a reader admits no message
+                # while the backlog holds anything, and one admitted message adds at most
+                # OUT_PER_CELL x its cells.  Only cells this node makes itself outside a
+                # read can pile up here (its exit services' replies, bounded per circuit
+                # by the SENDME window; DESTROYs when a link with many circuits is lost;
+                # CREATEs when a dialled link comes up); this bound keeps even that finite.
+                full = len(backlog) - self._mix_backlog_max
+                if full > 0:
+                    for _ in range(full):
+                        backlog.pop()
+                    self.cells_dropped_mixer_full += full
+                    log.warning("mixer backlog full: %d cell(s) dropped (their circuits will fail the integrity check)", full)
+            if not backlog and len(mixer) <= self._mix_low:
+                self._mix_room.set()
         self._rearm()
+
+    def _mix_refill(self, now: float) -> None:
+        """Move cells from the backlog into the mixer while it has room, oldest first."""
+        backlog = self._mix_backlog
+        push = self.mixer.push
+        while backlog:
+            key, cell = backlog[0]
+            if not push(key, cell, now):
+                break
+            backlog.popleft()
 
     def _rearm(self) -> None:
         if self._closed:
@@ -683,6 +810,7 @@ class OnionNode:
         if self._closed:
             return
         self._closed = True
+        self._mix_room.set()  # ends every wait for mixer room (readers, exit services)
         abrupt = abrupt or self._frozen
         if self._timer is not None:
             self._timer.cancel()
@@ -979,6 +1107,17 @@ class _ExitCircuit(_StreamOwner):
 
     def _first_link(self) -> Optional[_NodeLink]:
         return self.node._links_by_id.get(self.link_id)
+
+    async def wait_link_writable(self) -> None:
+        """A service's replies enter the mixer like relayed cells do: after each send
+        wait, like a reader, for the mixer to come back to its low watermark (it drains
+        by the clock alone, so this cannot deadlock; shutdown ends it)."""
+        node = self.node
+        if node._mix_gated:
+            while (len(node.mixer) > node._mix_high or node._mix_backlog) and not node._closed:
+                node._mix_room.clear()
+                await node._mix_room.wait()
+        await super().wait_link_writable()
 
     def receive(self, command: Any, sid: int, data: bytes) -> None:
         if self.error is not None:
