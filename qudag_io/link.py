@@ -263,6 +263,15 @@ class Connection:
         if self._p.transport is not None:
             self._p.transport.abort()
 
+    async def wait_closed(self) -> None:
+        """Return once the link has ended, however it ended (no close is sent)."""
+        await self._p.closed_event.wait()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the link has ended."""
+        return self._p.closed_event.is_set()
+
     async def recv(self) -> bytes:
         """The next message, in order; ``ConnectionClosed`` once the link has ended."""
         return await self._p.wait_message()

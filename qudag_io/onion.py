@@ -309,10 +309,10 @@ class _NodeLink:
     async def _until(self, ready: asyncio.Event) -> None:
         """Wait for ``ready`` or for this link to close, whichever comes first (node
         shutdown closes or aborts every link, so it ends the wait too)."""
-        closed = self.conn._p.closed_event  # set however the connection ends
-        if ready.is_set() or closed.is_set():
+        conn = self.conn
+        if ready.is_set() or conn.is_closed:
             return
-        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(closed.wait())]
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(conn.wait_closed())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -341,7 +341,7 @@ class _NodeLink:
         circuits): avoiding that needs per-circuit queues, out of scope here, as is
         per-circuit fairness (a slow next hop pauses the whole inbound link feeding it)."""
         node = self.node
-        closed = self.conn._p.closed_event
+        conn = self.conn
         fed: Any = ()  # links the previous message's output went to
         try:
             while True:
@@ -356,12 +356,12 @@ class _NodeLink:
                 # Hold this message (the link's bounded receive queue then fills and TCP
                 # pushes back on the peer) until there is room for what it will cause.
                 for link in fed:
-                    while link is not self and link.pending_cells > LINK_HIGH and not closed.is_set():
+                    while link is not self and link.pending_cells > LINK_HIGH and not conn.is_closed:
                         await self._until(link._drained)  # set at LINK_HIGH // 2 or when it ends
                 if node._mix_gated:  # one length check per message, never per cell
                     mixer = node.mixer
                     while (len(mixer) > node._mix_high or node._mix_backlog) and not (
-                        node._closed or closed.is_set()
+                        node._closed or conn.is_closed
                     ):
                         node._mix_room.clear()
                         await self._until(node._mix_room)

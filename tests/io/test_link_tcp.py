@@ -96,6 +96,7 @@ def test_send_on_a_closing_link_is_connection_closed(run_loop):
             host, port = lst.addresses[0]
             conn = await connect(host, port, identity=ALICE, peer_certificate=lst.certificate)
             await conn.send(b"before")
+            assert not conn.is_closed
             closing = asyncio.create_task(conn.close())
             await asyncio.sleep(0)  # close() has ended the core and now waits for the transport
             with pytest.raises(ConnectionClosed):
@@ -103,6 +104,8 @@ def test_send_on_a_closing_link_is_connection_closed(run_loop):
             with pytest.raises(ConnectionClosed):
                 await conn.send(b"after")
             await closing
+            assert conn.is_closed
+            await asyncio.wait_for(conn.wait_closed(), 1.0)
             with pytest.raises(ConnectionClosed):
                 await conn.send(b"after")
 
