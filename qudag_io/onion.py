@@ -50,6 +50,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from qudag_core.identity import Identity, NodeCertificate
 from qudag_core.link import LinkConfig
+from qudag_core.errors import LocalProtocolError
 from qudag_core.onion.cells import CELL_SIZE, RELAY_DATA_MAX, CellError, DestroyReason, RelayCommand
 from qudag_core.onion.circuit import ClientCircuit, HopSpec
 from qudag_core.onion.events import (
@@ -1100,10 +1101,26 @@ class _ExitCircuit(_StreamOwner):
         self.circ_id = circ_id
 
     def _emit(self, cmd: int, sid: int, data: bytes) -> None:
-        self.node.relay.send_backward(self.link_id, self.circ_id, cmd, sid, data)
+        try:
+            self.node.relay.send_backward(self.link_id, self.circ_id, cmd, sid, data)
+        except LocalProtocolError:
+            self._gone()
 
     def _emit_many(self, msgs: list) -> None:
-        self.node.relay.send_backward_batch(self.link_id, self.circ_id, msgs)
+        try:
+            self.node.relay.send_backward_batch(self.link_id, self.circ_id, msgs)
+        except LocalProtocolError:
+            self._gone()
+
+    def _gone(self) -> None:
+        """The relay core no longer has this circuit (destroyed before its close reached
+        this exit): what a service sends now cannot be delivered, so its streams fail like
+        those of any closed circuit instead of the core's error escaping into a service
+        handler or a link reader."""
+        if self.node._exits.get((self.link_id, self.circ_id)) is self:
+            del self.node._exits[(self.link_id, self.circ_id)]
+        if self.error is None:
+            self.closed(CircuitError(DestroyReason.NONE, False, "circuit already destroyed"))
 
     def _first_link(self) -> Optional[_NodeLink]:
         return self.node._links_by_id.get(self.link_id)

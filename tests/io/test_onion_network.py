@@ -181,6 +181,51 @@ def test_unknown_service_refused(run_loop):
     run_loop(main, 60)
 
 
+def test_service_sending_on_a_circuit_the_core_already_dropped_gets_stream_closed(run_loop, caplog):
+    """If the exit's relay core has forgotten a circuit before the exit heard of it, a
+    service's send fails its stream (``StreamClosed``, the circuit error as cause) and the
+    exit entry goes; the core's "no open circuit" error never reaches the handler."""
+    import logging
+
+    async def main():
+        net = await Net.start()
+        go = asyncio.Event()
+        got = asyncio.Event()
+        outcome = asyncio.get_running_loop().create_future()
+
+        async def late(stream):
+            await stream.recv()
+            got.set()
+            await go.wait()
+            try:
+                await stream.send(b"too late")
+            except BaseException as exc:
+                outcome.set_result(exc)
+                raise
+            outcome.set_result(None)
+
+        try:
+            exit_node = net.relays[2]
+            exit_node.register_service("late", late)
+            circ = await net.circuit()
+            st = await circ.open_stream(exit_node.node_id, "late")
+            await st.send(b"hello")
+            await asyncio.wait_for(got.wait(), 10)
+            (link_id, circ_id), = exit_node._exits
+            exit_node.relay.destroy(link_id, circ_id)  # its events deliberately not handled
+            go.set()
+            exc = await asyncio.wait_for(outcome, 10)
+            assert isinstance(exc, StreamClosed) and isinstance(exc.cause, CircuitError)
+            assert (link_id, circ_id) not in exit_node._exits
+            await circ.close()
+        finally:
+            await net.close()
+
+    with caplog.at_level(logging.ERROR, logger="qudag_io.onion"):
+        run_loop(main, 60)
+    assert "service handler failed" not in caplog.text
+
+
 def test_every_cell_on_the_links_is_cell_sized(run_loop):
     """For every relay payload length 0..998 (DROP cells to the exit) and every stream
     write length 1..998, every link message the middle relay receives or sends is a whole
