@@ -24,6 +24,13 @@ Wire format (KRPC-shaped, one bencoded message per link message, links only -- n
         -> {"t": tid, "y": "r", "r": {"n": descriptors at index, "d": descriptor #slot}}  ("d" only if slot < n)
     errors: {"t": tid, "y": "e", "e": [203, "message"]}
 
+Through onion circuits (``DarkClient(onion=OnionClient(...))``): every query goes over
+a circuit whose exit is the storage node itself, to its ``DARK_SERVICE`` stream
+(``register_dark_service``; ``DescriptorServer.serve_stream`` answers length-prefixed
+messages of the same format, dark queries only), and storage nodes are picked from the
+directory without a lookup; a storage node that is not a relay fails, never falls back
+to a direct link.
+
 Decision a reader asks about: how a node id found by ``find_node`` becomes a link
 endpoint.  UDP contacts carry no certificate, so the adapter takes a ``directory``
 mapping DHT node id -> the ``NodeCertificate`` of that node's link listener (in the
@@ -272,7 +279,8 @@ class DarkClient:
     as the ``k`` ids of ``directory`` closest to the index: a ``find_node`` for the
     index, sent from this node's address, would tell the nodes near it what is looked up
     and by whom (the directory must list the network's nodes, as ``CertificateDirectory``
-    and ``DarkNetwork.directory`` do).  Circuits (one stream each, one query at a time)
+    and ``DarkNetwork.directory`` do).  ``hops`` counts the exit (at least 2: with one
+    hop the storage node would be the first hop and see the address).  Circuits (one stream each, one query at a time)
     are pooled per storage node (``max_links``, LRU), rebuilt when lost or due for
     rotation, and closed by ``close()``.  Without ``onion``, ``Resolver(via_circuit=True)``
     is refused."""
@@ -283,6 +291,9 @@ class DarkClient:
                  local_hosts: Sequence[str] = (), onion: Optional[OnionClient] = None, hops: int = 3) -> None:
         if k < 1 or max_links < 1 or hops < 1:
             raise ValueError("k, max_links and hops must be positive")
+        if onion is not None and hops < 2:
+            raise ValueError("hops must be at least 2: on a one-hop circuit the storage node is the first hop "
+                             "and sees this node's address")
         self.dht = dht
         self.identity = identity
         self.directory = directory

@@ -290,6 +290,17 @@ def test_via_circuit_without_onion_still_refused(run_loop):
                 net.client(0, resolver=Resolver(os.urandom, via_circuit=True))
             with pytest.raises(ValueError):
                 net.client(0, hops=0)
+            onode = await OnionNode.start(net.identities[0], RelayDirectory(), relay=False,
+                                          host=loopback.testnet_host(0))
+            try:
+                with pytest.raises(ValueError, match="at least 2"):
+                    net.client(0, onion=OnionClient(onode), hops=1)
+                # with an onion client, via_circuit is accepted
+                c = net.client(0, onion=OnionClient(onode), resolver=Resolver(os.urandom, via_circuit=True))
+                assert c.hops == 3
+                await c.close()
+            finally:
+                await onode.close()
         finally:
             await net.close()
 
