@@ -750,6 +750,10 @@ class CertificateDirectory(Mapping):
         return self._certs[bytes(node_id)]
 
     def __iter__(self):
+        # DarkClient(onion=...) picks storage nodes from the whole directory: see nodes
+        # added since the last read (at most one stat() per min_interval)
+        if time.monotonic() - self._checked >= self.min_interval:
+            self.reload()
         return iter(list(self._certs))
 
     def __len__(self) -> int:

@@ -305,3 +305,57 @@ def test_via_circuit_without_onion_still_refused(run_loop):
             await net.close()
 
     run_loop(main, 30)
+
+
+def test_nodes_with_relays_resolve_through_circuits(run_loop, tmp_path):
+    """``qudag_io.node.Node``: a relay serves DARK_SERVICE for the descriptors it stores;
+    a node started with ``dark_circuit_hops=3`` resolves through circuits (no direct
+    storage link, no find_node for the index); the default keeps direct links."""
+    from qudag_io.config import NodeSettings
+    from qudag_io.node import Node, write_directory
+
+    dark_dir, onion_dir = str(tmp_path / "dark.json"), str(tmp_path / "relays.json")
+
+    def settings(i, boot):
+        h = loopback.testnet_host(40 + i)
+        return NodeSettings(link_listen=(h, 0), dht_listen=(h, 0), onion_listen=(h, 0), bootstrap=list(boot),
+                            bootstrap_timeout=5.0, relay=True, onion_directory=onion_dir, dark_directory=dark_dir,
+                            http_enabled=False)
+
+    async def main():
+        nodes: list = []
+        try:
+            for i in range(6):
+                boot = [nodes[0].dht.address] if nodes else []
+                nodes.append(await Node.start(Identity.generate(os.urandom), settings(i, boot),
+                                              dark_circuit_hops=3 if i == 5 else 0))
+            await asyncio.gather(*(n.dht.find_node(n.dht.node_id) for n in nodes))
+            write_directory(onion_dir, [n.onion.certificate for n in nodes])
+            for n in nodes:  # both files are re-read at most every 0.5 s: read them now
+                n.onion.directory.reload()
+                n.dark.directory.reload()
+            pub, res = nodes[0], nodes[5]
+            assert pub.dark.onion is None and res.dark.onion is not None and res.dark.hops == 3
+            svc = DarkService.from_identity(pub.identity, certificate=pub.certificate)
+            results = await pub.dark.publish(Publisher(svc, os.urandom))
+            assert all(len([s for _, s in r if isinstance(s, PutStatus) and s.accepted]) == 3 for _, r in results)
+            lookups = []
+            find_node = res.dht.find_node
+
+            async def counted(target):
+                lookups.append(target)
+                return await find_node(target)
+
+            res.dht.find_node = counted
+            ep = await res.dark.resolve(str(svc.address))
+            assert ep.certificate.to_bytes() == pub.certificate.to_bytes()
+            assert res.dark._links == {} and lookups == []
+            remote = [nid for nid in await res.dark.storage_nodes(descriptor_index(svc.address, period_of(time.time())))
+                      if nid != res.dht.node_id]
+            assert remote and sorted(res.dark._circs) == sorted(remote)
+            with pytest.raises(ValueError):
+                Node(Identity.generate(os.urandom), NodeSettings(), dark_circuit_hops=3)  # no relay
+        finally:
+            await asyncio.gather(*(n.stop(save=False) for n in nodes))
+
+    run_loop(main, 90)
