@@ -551,7 +551,11 @@ async def short_lived_dht(bootstrap: list, bind: str, timeout: float) -> Any:
 
 
 async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
-    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``."""
+    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``.
+    With ``args.resolve_hops`` (``qudag resolve --hops N``) every descriptor query goes
+    through an N-hop onion circuit ending at the storage node, from a short-lived
+    client-only onion node on ``--directory``'s relays (``DarkClient(onion=...)``): no
+    storage node sees this address, and a storage node that is no relay is not asked."""
     from qudag_core.dark import ResolveError, Resolver
     from qudag_io.dark import CertificateDirectory, DarkClient, DarkError
 
@@ -568,9 +572,38 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
     if not len(directory):
         raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
                        "with --dark-directory?")
+    hops = getattr(args, "resolve_hops", 0) or 0
+    relays = None
+    if hops:
+        from qudag_io.node import FileDirectory
+
+        rpath = getattr(args, "directory", None)
+        if hops < 2:
+            raise CliError("--hops must be at least 2 (on one hop the storage node would see this address)")
+        if not rpath or not os.path.exists(rpath):
+            raise CliError("--hops needs --directory FILE (the relay directory file the nodes were started with)")
+        relays = FileDirectory(rpath)
+        if len(relays) < hops:
+            raise CliError(f"{rpath} lists {len(relays)} relays; --hops {hops} needs at least {hops}")
     dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
-    client = DarkClient(dht, Identity.generate(os.urandom), directory, local_hosts=[args.bind],
-                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies))
+    onion_node = None
+    try:
+        onion = None
+        if relays is not None:
+            from qudag_io.onion import OnionClient, OnionNode
+
+            per_subnet = path_rule_for([r.address for r in relays.relay_infos()])
+            onion_node = await OnionNode.start(Identity.generate(os.urandom), relays, relay=False, host=args.bind)
+            onion = OnionClient(onion_node, per_subnet=per_subnet)
+        client = DarkClient(dht, Identity.generate(os.urandom), directory, local_hosts=[args.bind],
+                            onion=onion, hops=hops or 3,
+                            resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies,
+                                              via_circuit=onion is not None))
+    except BaseException:
+        if onion_node is not None:
+            await onion_node.close()
+        await dht.close()
+        raise
     try:
         try:
             ep = await asyncio.wait_for(client.resolve(address), args.timeout)
@@ -583,6 +616,8 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
                            "--dark-directory, or raise --timeout") from None
     finally:
         await client.close()
+        if onion_node is not None:
+            await onion_node.close()
         await dht.close()
     if ep.certificate is None or not ep.certificate.addresses:
         raise CliError(f"{name} publishes only introduction relays; connecting through them is not "
@@ -601,8 +636,9 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                           "link": [list(a) for a in cert.addresses], "revision": ep.revision,
                           "expires_at": ep.expires_at, "long_term": ep.is_long_term}))
     else:
+        via = f"; fetched through {args.resolve_hops}-hop onion circuits" if args.resolve_hops else ""
         print(f"{ep.address} -> node {cert.node_id.hex()} at {_hp(host, port)} "
-              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)})")
+              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)}{via})")
     return 0
 
 
@@ -1259,6 +1295,11 @@ def build_parser() -> argparse.ArgumentParser:
     dark_lookup(p)
     p.add_argument("--timeout", type=float, default=15.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--hops", dest="resolve_hops", type=int, default=0, metavar="N",
+                   help="fetch the descriptors through onion circuits of N (>= 2) hops, each ending at a storage "
+                        "node, so no storage node sees this address (needs --directory; storage nodes that are "
+                        "not relays are not asked)")
+    p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("status", help="print a running node's status")

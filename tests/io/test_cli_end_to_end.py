@@ -553,6 +553,14 @@ def test_send_to_a_dark_name_over_three_hops(nodes, tmp_path):
     name = r.stdout.strip()
     r = qudag("address", "publish", name, "--data-dir", exit_node.dir, passphrase=None)
     assert r.returncode == 0, r.stderr
+    # resolve through 3-hop circuits ending at each storage node (every relay here stores)
+    r = qudag("resolve", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark, "--hops", "3",
+              "--directory", directory, passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"-> node {exit_node.node_id} at " in r.stdout and "fetched through 3-hop onion circuits" in r.stdout
+    r = qudag("resolve", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark, "--hops", "1",
+              "--directory", directory, passphrase=None)
+    assert r.returncode != 0 and "at least 2" in r.stderr
     r = qudag("send", "--to", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark,
               "--hops", "3", "--directory", directory, "anonymous hello", passphrase=None)
     assert r.returncode == 0, r.stderr
