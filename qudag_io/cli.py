@@ -975,10 +975,11 @@ class _Testnet:
         return codes
 
 
-async def _testnet_dark(net: _Testnet) -> None:
+async def _testnet_dark(net: _Testnet) -> str:
     """Node 00 publishes a new dark address (asked through its database, as ``qudag
     address publish`` does); a short-lived DHT node in this process, joined through the
-    last node, resolves it by name; then a message goes to the name over a link."""
+    last node, resolves it by name; then a message goes to the name over a link.
+    Returns the name (resolved again through circuits once the relay directory exists)."""
     from qudag_core.dark import Resolver
     from qudag_io.dark import CertificateDirectory, DarkClient, connect_dark
     from qudag_io.node import send_message
@@ -1019,6 +1020,34 @@ async def _testnet_dark(net: _Testnet) -> None:
         async with conn:
             await send_message(conn, b"hello by dark name", timeout=net.left())
         net.step("dark message", t, "acknowledged by node 00 (resolver cache hit, link to the name)")
+    finally:
+        await client.close()
+        await dht.close()
+    return name
+
+
+async def _testnet_dark_circuits(net: _Testnet, name: str, onion: Any) -> None:
+    """Resolve ``name`` again, every descriptor query through a 3-hop circuit ending at
+    the storage node (``onion``: an ``OnionClient`` of a client-only node)."""
+    from qudag_core.dark import Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient
+
+    t = time.monotonic()
+    me = net.client_host()
+    h, p = net.info[net.n - 1]["dht"]
+    dht = await short_lived_dht([(h, p)], me, min(5.0, net.left()))
+    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path), local_hosts=[me],
+                        onion=onion, hops=3,
+                        resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left()), via_circuit=True))
+    try:
+        ep = await asyncio.wait_for(client.resolve(name), net.left())
+        if ep.certificate is None or ep.certificate.node_id.hex() != net.info[0]["node_id"]:
+            raise CliError("the dark address did not resolve to node 00 through circuits")
+        if client._links:
+            raise CliError("a resolve through circuits opened a direct storage link")
+        net.step("dark resolve through circuits", t, f"3-hop circuits ending at {len(client._circs)} storage "
+                                                     f"nodes, no storage node saw this address: node 00 at "
+                                                     f"{_hp(*ep.certificate.addresses[0])}")
     finally:
         await client.close()
         await dht.close()
@@ -1071,7 +1100,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
 
-    await _testnet_dark(net)
+    name = await _testnet_dark(net)
 
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
@@ -1108,6 +1137,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
         if back != payload:
             raise CliError("the echo through the circuit did not match")
         net.step("circuit stream", t, f"{len(payload) // 1024} KiB echoed by node {hops[-1]:02d}")
+        await _testnet_dark_circuits(net, name, OnionClient(client, per_subnet=per_subnet))
     finally:
         await client.close()
 

@@ -373,6 +373,8 @@ def test_testnet_nodes_on_their_own_slash24s_fill_their_tables(tmp_path):
     assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
     assert f"dark resolve: by name via node {n - 1:02d}: node 00 at 127.1.0.1:" in out, out
     assert "dark message: acknowledged by node 00" in out
+    assert re.search(r"dark resolve through circuits: 3-hop circuits ending at [1-3] storage nodes, no storage node "
+                     r"saw this address: node 00 at 127\.1\.0\.1:", out), out
     # Node 00's dark storage links stay open, and their sources are node addresses.
     assert re.search(r"link sources: [1-9]\d* open inbound links, each from its node's own address", out), out
     assert out.count("/metrics") == n and out.rstrip().endswith("testnet: OK")
