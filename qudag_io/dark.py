@@ -66,8 +66,8 @@ from qudag_io.loopback import testnet_host
 from qudag_io.onion import CircuitError, OnionCircuit, OnionClient, OnionNode, OnionStream, StreamClosed
 
 __all__ = ["AddressKeeper", "AddressState", "CertificateDirectory", "DarkError", "DescriptorServer", "DarkClient",
-           "DarkNetwork", "DARK_SERVICE", "circuit_key", "connect_dark", "register_dark_service", "DARK_LINK_CONFIG", "KIND_DERIVED", "derived_service", "node_dht_id",
-           "start_loopback_network"]
+           "DarkNetwork", "DARK_SERVICE", "circuit_key", "connect_dark", "register_dark_service", "DARK_LINK_CONFIG",
+           "KIND_DERIVED", "derived_service", "node_dht_id", "start_loopback_network"]
 
 DARK_GET = b"dark_get"
 DARK_PUT = b"dark_put"
@@ -280,10 +280,10 @@ class DarkClient:
     index, sent from this node's address, would tell the nodes near it what is looked up
     and by whom (the directory must list the network's nodes, as ``CertificateDirectory``
     and ``DarkNetwork.directory`` do).  ``hops`` counts the exit (at least 2: with one
-    hop the storage node would be the first hop and see the address).  Circuits (one stream each, one query at a time)
-    are pooled per storage node (``max_links``, LRU), rebuilt when lost or due for
-    rotation, and closed by ``close()``.  Without ``onion``, ``Resolver(via_circuit=True)``
-    is refused."""
+    hop the storage node would be the first hop and see the address).  Circuits (one
+    stream each, one query at a time, like ``_Link.lock``) are pooled per storage node
+    (``max_links``, LRU), rebuilt when lost or due for rotation, and closed by
+    ``close()``.  Without ``onion``, ``Resolver(via_circuit=True)`` is refused."""
 
     def __init__(self, dht: DhtNode, identity: Identity, directory: Mapping[bytes, NodeCertificate], *,
                  k: int = 3, resolver: Optional[Resolver] = None, local: Optional[DescriptorServer] = None,
@@ -367,9 +367,15 @@ class DarkClient:
         return lk
 
     def _discard(self, node_id: bytes, ch: "_Circ") -> None:
+        """Take ``ch`` out of the pool and close it once the request on it (if any) is done."""
         if self._circs.get(node_id) is ch:
             del self._circs[node_id]
-        t = asyncio.get_running_loop().create_task(ch.close())
+
+        async def close_when_idle() -> None:
+            async with ch.lock:
+                await ch.close()
+
+        t = asyncio.get_running_loop().create_task(close_when_idle())
         self._closing.add(t)
         t.add_done_callback(self._closing.discard)
 

@@ -275,6 +275,17 @@ def test_bad_frames_end_the_stream_not_the_exit(run_loop):
                 assert len({peer for _, peer, _ in net.net.servers[4].seen}) == 2
             finally:
                 await client.close()
+            # the pool is bounded: with max_links=1 a query to another node evicts (and
+            # destroys) the first circuit
+            client = net.net.client(0, onion=oc, max_links=1)
+            try:
+                await client._call(net.net.dhts[4].node_id, DARK_GET, {b"x": index, b"i": 0})
+                first = client._circs[net.net.dhts[4].node_id].circuit
+                r = await client._call(net.net.dhts[3].node_id, DARK_GET, {b"x": index, b"i": 0})
+                assert r == {b"n": 0} and list(client._circs) == [net.net.dhts[3].node_id]
+                assert await _wait(lambda: not first.is_open)
+            finally:
+                await client.close()
             assert await _wait(lambda: all(n.relay.circuit_count == 0 for n in net.onions.values()))
         finally:
             await net.close()
