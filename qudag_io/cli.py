@@ -551,7 +551,11 @@ async def short_lived_dht(bootstrap: list, bind: str, timeout: float) -> Any:
 
 
 async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
-    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``."""
+    """Resolve through a short-lived DHT node (as ``qudag dht`` does): ``DarkEndpoint``.
+    With ``args.resolve_hops`` (``qudag resolve --hops N``) every descriptor query goes
+    through an N-hop onion circuit ending at the storage node, from a short-lived
+    client-only onion node on ``--directory``'s relays (``DarkClient(onion=...)``): no
+    storage node sees this address, and a storage node that is no relay is not asked."""
     from qudag_core.dark import ResolveError, Resolver
     from qudag_io.dark import CertificateDirectory, DarkClient, DarkError
 
@@ -568,9 +572,38 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
     if not len(directory):
         raise CliError(f"dark directory {path} lists no valid node certificate; are the nodes running "
                        "with --dark-directory?")
+    hops = getattr(args, "resolve_hops", 0) or 0
+    relays = None
+    if hops:
+        from qudag_io.node import FileDirectory
+
+        rpath = getattr(args, "directory", None)
+        if hops < 2:
+            raise CliError("--hops must be at least 2 (on one hop the storage node would see this address)")
+        if not rpath or not os.path.exists(rpath):
+            raise CliError("--hops needs --directory FILE (the relay directory file the nodes were started with)")
+        relays = FileDirectory(rpath)
+        if len(relays) < hops:
+            raise CliError(f"{rpath} lists {len(relays)} relays; --hops {hops} needs at least {hops}")
     dht = await short_lived_dht(boot, args.bind, min(5.0, args.timeout))
-    client = DarkClient(dht, Identity.generate(os.urandom), directory, local_hosts=[args.bind],
-                        resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies))
+    onion_node = None
+    try:
+        onion = None
+        if relays is not None:
+            from qudag_io.onion import OnionClient, OnionNode
+
+            per_subnet = path_rule_for([r.address for r in relays.relay_infos()])
+            onion_node = await OnionNode.start(Identity.generate(os.urandom), relays, relay=False, host=args.bind)
+            onion = OnionClient(onion_node, per_subnet=per_subnet)
+        client = DarkClient(dht, Identity.generate(os.urandom), directory, local_hosts=[args.bind],
+                            onion=onion, hops=hops or 3,
+                            resolver=Resolver(os.urandom, fetch_timeout=args.timeout, dummies=args.dummies,
+                                              via_circuit=onion is not None))
+    except BaseException:
+        if onion_node is not None:
+            await onion_node.close()
+        await dht.close()
+        raise
     try:
         try:
             ep = await asyncio.wait_for(client.resolve(address), args.timeout)
@@ -583,6 +616,8 @@ async def _resolve_name(name: str, args: argparse.Namespace) -> Any:
                            "--dark-directory, or raise --timeout") from None
     finally:
         await client.close()
+        if onion_node is not None:
+            await onion_node.close()
         await dht.close()
     if ep.certificate is None or not ep.certificate.addresses:
         raise CliError(f"{name} publishes only introduction relays; connecting through them is not "
@@ -601,8 +636,9 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                           "link": [list(a) for a in cert.addresses], "revision": ep.revision,
                           "expires_at": ep.expires_at, "long_term": ep.is_long_term}))
     else:
+        via = f"; fetched through {args.resolve_hops}-hop onion circuits" if args.resolve_hops else ""
         print(f"{ep.address} -> node {cert.node_id.hex()} at {_hp(host, port)} "
-              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)})")
+              f"(descriptor revision {ep.revision}, valid until {_utc(ep.expires_at)}{via})")
     return 0
 
 
@@ -939,10 +975,11 @@ class _Testnet:
         return codes
 
 
-async def _testnet_dark(net: _Testnet) -> None:
+async def _testnet_dark(net: _Testnet) -> str:
     """Node 00 publishes a new dark address (asked through its database, as ``qudag
     address publish`` does); a short-lived DHT node in this process, joined through the
-    last node, resolves it by name; then a message goes to the name over a link."""
+    last node, resolves it by name; then a message goes to the name over a link.
+    Returns the name (resolved again through circuits once the relay directory exists)."""
     from qudag_core.dark import Resolver
     from qudag_io.dark import CertificateDirectory, DarkClient, connect_dark
     from qudag_io.node import send_message
@@ -983,6 +1020,34 @@ async def _testnet_dark(net: _Testnet) -> None:
         async with conn:
             await send_message(conn, b"hello by dark name", timeout=net.left())
         net.step("dark message", t, "acknowledged by node 00 (resolver cache hit, link to the name)")
+    finally:
+        await client.close()
+        await dht.close()
+    return name
+
+
+async def _testnet_dark_circuits(net: _Testnet, name: str, onion: Any) -> None:
+    """Resolve ``name`` again, every descriptor query through a 3-hop circuit ending at
+    the storage node (``onion``: an ``OnionClient`` of a client-only node)."""
+    from qudag_core.dark import Resolver
+    from qudag_io.dark import CertificateDirectory, DarkClient
+
+    t = time.monotonic()
+    me = net.client_host()
+    h, p = net.info[net.n - 1]["dht"]
+    dht = await short_lived_dht([(h, p)], me, min(5.0, net.left()))
+    client = DarkClient(dht, Identity.generate(os.urandom), CertificateDirectory(net.dark_path), local_hosts=[me],
+                        onion=onion, hops=3,
+                        resolver=Resolver(os.urandom, fetch_timeout=min(15.0, net.left()), via_circuit=True))
+    try:
+        ep = await asyncio.wait_for(client.resolve(name), net.left())
+        if ep.certificate is None or ep.certificate.node_id.hex() != net.info[0]["node_id"]:
+            raise CliError("the dark address did not resolve to node 00 through circuits")
+        if client._links:
+            raise CliError("a resolve through circuits opened a direct storage link")
+        net.step("dark resolve through circuits", t, f"3-hop circuits ending at {len(client._circs)} storage "
+                                                     f"nodes, no storage node saw this address: node 00 at "
+                                                     f"{_hp(*ep.certificate.addresses[0])}")
     finally:
         await client.close()
         await dht.close()
@@ -1035,7 +1100,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
         await send_message(conn, b"hello over a post-quantum link", timeout=net.left())
     net.step("link message", t, f"acknowledged by node {net.n - 1:02d}")
 
-    await _testnet_dark(net)
+    name = await _testnet_dark(net)
 
     # A 3-hop circuit through the relays and a stream to the exit's "echo" service.  The
     # directory file lists every node's relay certificate; each relay re-reads it when it
@@ -1072,6 +1137,7 @@ async def _testnet_links_and_circuits(net: _Testnet) -> None:
         if back != payload:
             raise CliError("the echo through the circuit did not match")
         net.step("circuit stream", t, f"{len(payload) // 1024} KiB echoed by node {hops[-1]:02d}")
+        await _testnet_dark_circuits(net, name, OnionClient(client, per_subnet=per_subnet))
     finally:
         await client.close()
 
@@ -1259,6 +1325,11 @@ def build_parser() -> argparse.ArgumentParser:
     dark_lookup(p)
     p.add_argument("--timeout", type=float, default=15.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--hops", dest="resolve_hops", type=int, default=0, metavar="N",
+                   help="fetch the descriptors through onion circuits of N (>= 2) hops, each ending at a storage "
+                        "node, so no storage node sees this address (needs --directory; storage nodes that are "
+                        "not relays are not asked)")
+    p.add_argument("--directory", help="relay directory file (JSON list of hex certificates) for --hops")
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("status", help="print a running node's status")

@@ -24,6 +24,13 @@ Wire format (KRPC-shaped, one bencoded message per link message, links only -- n
         -> {"t": tid, "y": "r", "r": {"n": descriptors at index, "d": descriptor #slot}}  ("d" only if slot < n)
     errors: {"t": tid, "y": "e", "e": [203, "message"]}
 
+Through onion circuits (``DarkClient(onion=OnionClient(...))``): every query goes over
+a circuit whose exit is the storage node itself, to its ``DARK_SERVICE`` stream
+(``register_dark_service``; ``DescriptorServer.serve_stream`` answers length-prefixed
+messages of the same format, dark queries only), and storage nodes are picked from the
+directory without a lookup; a storage node that is not a relay fails, never falls back
+to a direct link.
+
 Decision a reader asks about: how a node id found by ``find_node`` becomes a link
 endpoint.  UDP contacts carry no certificate, so the adapter takes a ``directory``
 mapping DHT node id -> the ``NodeCertificate`` of that node's link listener (in the
@@ -56,10 +63,11 @@ from qudag_core.link import LinkConfig
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen, source_address
 from qudag_io.loopback import testnet_host
+from qudag_io.onion import CircuitError, OnionCircuit, OnionClient, OnionNode, OnionStream, StreamClosed
 
 __all__ = ["AddressKeeper", "AddressState", "CertificateDirectory", "DarkError", "DescriptorServer", "DarkClient",
-           "DarkNetwork", "connect_dark", "DARK_LINK_CONFIG", "KIND_DERIVED", "derived_service", "node_dht_id",
-           "start_loopback_network"]
+           "DarkNetwork", "DARK_SERVICE", "circuit_key", "connect_dark", "register_dark_service", "DARK_LINK_CONFIG",
+           "KIND_DERIVED", "derived_service", "node_dht_id", "start_loopback_network"]
 
 DARK_GET = b"dark_get"
 DARK_PUT = b"dark_put"
@@ -100,18 +108,25 @@ class DescriptorServer:
         malicious storage node)."""
         return self.store.get(index, now)
 
-    def handle(self, data: bytes, peer_addr: tuple) -> Optional[bytes]:
+    def handle(self, data: bytes, peer_addr: tuple, *, via_circuit: bool = False) -> Optional[bytes]:
         """One link message in, the reply (or None) out.  Anything that is not a dark
-        query goes to the KRPC node unchanged."""
+        query goes to the KRPC node unchanged -- except on a circuit
+        (``via_circuit=True``, ``peer_addr`` a circuit key, see ``serve_stream``), where
+        it is refused with error 204: the exit has no peer address to give KRPC, and
+        the dark service is not a way into the DHT."""
         try:
             msg = bencode.decode(data, MAX_MESSAGE)
         except BencodeError:
             msg = None
         if not (isinstance(msg, dict) and msg.get(b"y") == b"q" and msg.get(b"q") in (DARK_GET, DARK_PUT)):
+            if via_circuit:
+                tid = msg.get(b"t") if isinstance(msg, dict) else None
+                ok_tid = isinstance(tid, bytes) and 1 <= len(tid) <= 16
+                return _error(tid if ok_tid else b"", 204, "only dark_get and dark_put are served over circuits")
             return self.dht.core.receive_link_message(data, peer_addr, self.dht._loop.time())
         tid = msg.get(b"t")
         if not isinstance(tid, bytes) or not 1 <= len(tid) <= 16:
-            return None
+            return _error(b"", 203, "bad t") if via_circuit else None
         a = msg.get(b"a")
         if not isinstance(a, dict):
             return _error(tid, 203, "missing a")
@@ -121,7 +136,8 @@ class DescriptorServer:
             if not isinstance(d, bytes):
                 return _error(tid, 203, "missing d")
             if not self.put_limiter.allow(f"{peer_addr[0]}:{peer_addr[1]}", now):
-                return _error(tid, 202, "rate limited: too many dark_put on this link, retry later")
+                where = "circuit" if via_circuit else "link"
+                return _error(tid, 202, f"rate limited: too many dark_put on this {where}, retry later")
             status = self.store.put(d, now)
             self.puts[status] = self.puts.get(status, 0) + 1
             return bencode.encode({b"t": tid, b"y": b"r", b"r": {b"s": status.value.encode()}})
@@ -147,6 +163,64 @@ class DescriptorServer:
         except ConnectionClosed:
             return
 
+    async def serve_stream(self, stream: OnionStream, circuit_key: str) -> None:
+        """Answer dark queries on an onion stream (the ``DARK_SERVICE`` exit service,
+        see ``register_dark_service``) until it ends.
+
+        Framing: every query and every reply is a 4-byte big-endian length and that many
+        bytes of the bencoded message above; exactly one reply per query, in order.  A
+        length of 0 or above ``MAX_MESSAGE`` ends the stream (the exit goes on serving
+        other streams); a frame that is not a ``dark_get``/``dark_put`` gets an error
+        reply (204, or 203 for a bad ``t``).
+
+        The exit knows no address of whoever asks, so the "peer address" ``handle`` gets
+        (the key of ``put_limiter``) is ``("circuit", circuit_key)``: puts are limited
+        per circuit, as they are per link otherwise.  A new circuit costs the sender a
+        post-quantum handshake with every hop, as a new link costs one handshake, so the
+        limit is as meaningful; it cannot tell two circuits of one sender apart, as the
+        link limit cannot tell two links of one sender apart."""
+        peer = ("circuit", circuit_key)
+        try:
+            while True:
+                try:
+                    head = await stream.readexactly(4)
+                except StreamClosed:
+                    return  # the client ended the stream (between frames or mid-frame)
+                size = int.from_bytes(head, "big")
+                if not 0 < size <= MAX_MESSAGE:
+                    return  # bad framing: end this stream, not the exit
+                data = await stream.readexactly(size)
+                reply = self.handle(data, peer, via_circuit=True)
+                if reply is None:  # not produced on circuits; kept for subclasses
+                    reply = _error(b"", 203, "no reply")
+                await stream.send(len(reply).to_bytes(4, "big") + reply)
+        except StreamClosed:
+            return
+
+
+#: Onion service name under which a storage node answers dark queries over circuits.
+DARK_SERVICE = "qudag-dark"
+
+
+def circuit_key(stream: OnionStream) -> str:
+    """A key naming the circuit ``stream`` arrived on at this exit: the node-local link
+    id and circuit id (``OnionStream`` has no public accessor for them; both are stable
+    for the circuit's life and never reused together while it lives)."""
+    owner = getattr(stream, "_owner", None)
+    return f"{getattr(owner, 'link_id', '?')}:{getattr(owner, 'circ_id', id(owner))}"
+
+
+def register_dark_service(onion: OnionNode, server: DescriptorServer) -> None:
+    """Serve ``server``'s ``dark_get``/``dark_put`` as the ``DARK_SERVICE`` exit service of
+    the relay ``onion`` (a node that runs both; clients reach it with
+    ``DarkClient(onion=...)``).  The relay must be listed in the clients' onion
+    directory under the same identity as its storage link certificate."""
+
+    async def handler(stream: OnionStream) -> None:
+        await server.serve_stream(stream, circuit_key(stream))
+
+    onion.register_service(DARK_SERVICE, handler)
+
 
 class _Link:
     __slots__ = ("conn", "lock")
@@ -154,6 +228,29 @@ class _Link:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.lock = asyncio.Lock()
+
+
+class _Circ:
+    """A circuit whose exit is one storage node, with one stream to its dark service."""
+
+    __slots__ = ("circuit", "stream", "lock", "broken")
+
+    def __init__(self, circuit: OnionCircuit, stream: OnionStream) -> None:
+        self.circuit = circuit
+        self.stream = stream
+        self.lock = asyncio.Lock()
+        self.broken = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and self.circuit.is_open and not self.circuit.rotation_due
+
+    async def close(self) -> None:
+        self.broken = True
+        try:
+            await self.stream.close()
+        finally:
+            await self.circuit.close()
 
 
 def _distance(a: bytes, b: bytes) -> int:
@@ -169,20 +266,42 @@ class DarkClient:
     closed by ``close()``.  ``local_hosts`` are the addresses the node's own listeners
     are bound to: links to storage nodes (and ``connect``) leave from the one of the
     peer's family (``qudag_io.link.source_address``), so a storage node sees the node at
-    the address it is known by; empty (a client with no listener): the kernel picks."""
+    the address it is known by; empty (a client with no listener): the kernel picks.
+
+    ``onion`` (an ``OnionClient``): every query to a storage node goes through an onion
+    circuit of ``hops`` relays whose exit is that storage node, on a stream to its
+    ``DARK_SERVICE`` (``register_dark_service``), so the storage node never sees this
+    node's address.  The exit is the relay with the node id of the storage node's link
+    certificate (``directory``); a storage node that is not such a relay in the onion
+    client's directory, or whose circuit or service fails, fails that node's query with
+    ``DarkError`` -- there is **no fallback to a direct link**, which would tell the
+    storage node who asks.  The storage nodes are then also chosen without a DHT lookup,
+    as the ``k`` ids of ``directory`` closest to the index: a ``find_node`` for the
+    index, sent from this node's address, would tell the nodes near it what is looked up
+    and by whom (the directory must list the network's nodes, as ``CertificateDirectory``
+    and ``DarkNetwork.directory`` do).  ``hops`` counts the exit (at least 2: with one
+    hop the storage node would be the first hop and see the address).  Circuits (one
+    stream each, one query at a time, like ``_Link.lock``) are pooled per storage node
+    (``max_links``, LRU), rebuilt when lost or due for rotation, and closed by
+    ``close()``.  Without ``onion``, ``Resolver(via_circuit=True)`` is refused."""
 
     def __init__(self, dht: DhtNode, identity: Identity, directory: Mapping[bytes, NodeCertificate], *,
                  k: int = 3, resolver: Optional[Resolver] = None, local: Optional[DescriptorServer] = None,
                  link_timeout: float = 5.0, max_links: int = 32, clock: Callable[[], float] = time.time,
-                 local_hosts: Sequence[str] = ()) -> None:
-        if k < 1 or max_links < 1:
-            raise ValueError("k and max_links must be positive")
+                 local_hosts: Sequence[str] = (), onion: Optional[OnionClient] = None, hops: int = 3) -> None:
+        if k < 1 or max_links < 1 or hops < 1:
+            raise ValueError("k, max_links and hops must be positive")
+        if onion is not None and hops < 2:
+            raise ValueError("hops must be at least 2: on a one-hop circuit the storage node is the first hop "
+                             "and sees this node's address")
         self.dht = dht
         self.identity = identity
         self.directory = directory
         self.k = k
         self.resolver = resolver if resolver is not None else Resolver(os.urandom)
-        if self.resolver.via_circuit:
+        self.onion = onion
+        self.hops = hops
+        if self.resolver.via_circuit and onion is None:
             raise DarkError("via_circuit fetches need an onion circuit adapter; this one talks to the DHT directly")
         self.local = local
         self.link_timeout = link_timeout
@@ -192,16 +311,23 @@ class DarkClient:
         self._links: OrderedDict = OrderedDict()  # node id -> _Link
         self._connecting: dict = {}  # node id -> Future[_Link] while dialing
         self._inflight: dict = {}  # DarkAddress -> Future[Resolved | ResolveFailed]
+        self._circs: OrderedDict = OrderedDict()  # node id -> _Circ (with onion)
+        self._building: dict = {}  # node id -> Future[_Circ] while building
+        self._closing: set = set()  # tasks closing evicted or broken circuits
 
     # ------------------------------------------------------------------ storage nodes
     async def storage_nodes(self, index: bytes) -> list:
         """The ``k`` nodes closest to ``index`` that we can reach by link (and this node
-        itself when it is one of them): ``[node_id, ...]``, closest first."""
-        try:
-            found = await self.dht.find_node(index)
-            ids = [nid for nid, _ in found.nodes]
-        except DhtError:
-            ids = []
+        itself when it is one of them): ``[node_id, ...]``, closest first.  With
+        ``onion``, from the directory alone (see the class docstring)."""
+        if self.onion is not None:
+            ids = list(self.directory)
+        else:
+            try:
+                found = await self.dht.find_node(index)
+                ids = [nid for nid, _ in found.nodes]
+            except DhtError:
+                ids = []
         if self.local is not None:
             ids.append(self.dht.node_id)
         ids = [nid for nid in dict.fromkeys(ids) if nid == self.dht.node_id and self.local is not None
@@ -240,12 +366,85 @@ class DarkClient:
             old.conn.abort()
         return lk
 
+    def _discard(self, node_id: bytes, ch: "_Circ") -> None:
+        """Take ``ch`` out of the pool and close it once the request on it (if any) is done."""
+        if self._circs.get(node_id) is ch:
+            del self._circs[node_id]
+
+        async def close_when_idle() -> None:
+            async with ch.lock:
+                await ch.close()
+
+        t = asyncio.get_running_loop().create_task(close_when_idle())
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
+    async def _circ(self, node_id: bytes) -> _Circ:
+        """The pooled circuit + dark stream to storage node ``node_id``, built if needed."""
+        ch = self._circs.get(node_id)
+        if ch is not None:
+            if ch.usable:
+                self._circs.move_to_end(node_id)
+                return ch
+            self._discard(node_id, ch)
+        pending = self._building.get(node_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._building[node_id] = asyncio.get_running_loop().create_future()
+        circ = None
+        try:
+            onion = self.onion
+            assert onion is not None
+            exit_id = bytes(self.directory[node_id].node_id)
+            if onion.node.directory.get(exit_id) is None:
+                raise DarkError("storage node is not an onion relay in the directory; not asking it directly")
+            circ = await onion.build_circuit(self.hops, exit=exit_id, timeout=self.link_timeout)
+            stream = await circ.open_stream(exit_id, DARK_SERVICE, timeout=self.link_timeout)
+        except BaseException as exc:
+            if circ is not None:
+                await circ.close()
+            err = exc if isinstance(exc, DarkError) else DarkError(f"no circuit to storage node: {exc!r}")
+            pending.set_exception(err)
+            pending.exception()  # retrieved; sharers re-raise it
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise err from None
+        finally:
+            del self._building[node_id]
+        ch = self._circs[node_id] = _Circ(circ, stream)
+        pending.set_result(ch)
+        while len(self._circs) > self.max_links:
+            old_id, old = next(iter(self._circs.items()))
+            self._discard(old_id, old)
+        return ch
+
+    async def _circuit_request(self, node_id: bytes, data: bytes) -> bytes:
+        ch = await self._circ(node_id)
+        async with ch.lock:  # one request at a time per stream: replies come in order
+            if ch.broken:
+                raise DarkError("storage circuit failed")
+
+            async def exchange() -> bytes:
+                await ch.stream.send(len(data).to_bytes(4, "big") + data)
+                size = int.from_bytes(await ch.stream.readexactly(4), "big")
+                if not 0 < size <= MAX_MESSAGE:
+                    raise DarkError("bad reply length on the storage circuit")
+                return await ch.stream.readexactly(size)
+
+            try:
+                return await asyncio.wait_for(exchange(), self.link_timeout)
+            except (StreamClosed, CircuitError, DarkError, asyncio.TimeoutError) as exc:
+                self._discard(node_id, ch)  # the stream's framing is lost: never reuse it
+                raise DarkError(f"storage circuit failed: {exc!r}") from None
+
     async def _call(self, node_id: bytes, q: bytes, args: dict) -> Any:
         """One dark query to ``node_id`` (locally when it is us); returns the ``r`` dict."""
         tid = os.urandom(4)
         data = bencode.encode({b"t": tid, b"y": b"q", b"q": q, b"a": args})
         if node_id == self.dht.node_id and self.local is not None:
             reply = self.local.handle(data, ("127.0.0.1", 0))
+        elif self.onion is not None:
+            reply = await self._circuit_request(node_id, data)
         else:
             lk = await self._link(node_id)
             async with lk.lock:  # one request at a time per link: replies come in order
@@ -380,7 +579,9 @@ class DarkClient:
 
     async def close(self) -> None:
         links, self._links = list(self._links.values()), OrderedDict()
-        await asyncio.gather(*(lk.conn.close(timeout=2.0) for lk in links), return_exceptions=True)
+        circs, self._circs = list(self._circs.values()), OrderedDict()
+        await asyncio.gather(*(lk.conn.close(timeout=2.0) for lk in links), *(ch.close() for ch in circs),
+                             *list(self._closing), return_exceptions=True)
 
 
 async def connect_dark(name: Union[str, DarkAddress], client: DarkClient, *, identity: Optional[Identity] = None,
@@ -555,6 +756,10 @@ class CertificateDirectory(Mapping):
         return self._certs[bytes(node_id)]
 
     def __iter__(self):
+        # DarkClient(onion=...) picks storage nodes from the whole directory: see nodes
+        # added since the last read (at most one stat() per min_interval)
+        if time.monotonic() - self._checked >= self.min_interval:
+            self.reload()
         return iter(list(self._certs))
 
     def __len__(self) -> int:

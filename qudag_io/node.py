@@ -54,7 +54,12 @@ messages start with ``0x00``) goes to the node's ``DescriptorServer`` (``dark_ge
 listener uses ``DARK_LINK_CONFIG`` so a descriptor fits one frame.  With
 ``settings.dark_directory`` the node adds its link certificate to that shared
 ``CertificateDirectory`` file and gets a ``DarkClient`` (:attr:`Node.dark`) to publish
-its own addresses (``qudag_io.dark.AddressKeeper`` drives it from the database).
+its own addresses (``qudag_io.dark.AddressKeeper`` drives it from the database).  With
+``settings.relay`` the relay also serves ``qudag_io.dark.DARK_SERVICE``, so resolvers can
+query the descriptors this node stores through circuits ending here; with
+``dark_circuit_hops=N`` (N >= 2; 0, the default, keeps direct links) and a relay, the
+node's own ``DarkClient`` sends its queries through N-hop circuits ending at each storage
+node (``DarkClient(onion=...)``, no fallback to direct links).
 
 Persistence is not this module's: ``save_hooks`` are called with :meth:`Node.snapshot`
 at shutdown (the persistence layer passes one to :meth:`Node.start`), and
@@ -75,11 +80,12 @@ from qudag_core.crypto import blake3_hash
 from qudag_core.dark import DescriptorStore
 from qudag_core.identity import Identity, NodeCertificate, NodeId
 from qudag_io.config import NodeSettings
-from qudag_io.dark import DARK_LINK_CONFIG, CertificateDirectory, DarkClient, DescriptorServer, node_dht_id
+from qudag_io.dark import (DARK_LINK_CONFIG, CertificateDirectory, DarkClient, DescriptorServer, node_dht_id,
+                           register_dark_service)
 from qudag_io.dht import DhtError, DhtNode
 from qudag_io.http import HttpServer, start_http_server
 from qudag_io.link import Connection, ConnectionClosed, Listener, connect, listen, source_address
-from qudag_io.onion import DirectoryEntry, OnionNode, OnionStream, RelayDirectory, StreamClosed
+from qudag_io.onion import DirectoryEntry, OnionClient, OnionNode, OnionStream, RelayDirectory, StreamClosed
 from qudag_io.metrics import (CellDropReason, CircuitRole, DhtOp, DhtOutcome, Direction, HandshakeFailure, Limiter,
                               NodeMetrics, Transport)
 
@@ -249,7 +255,11 @@ class Node:
     def __init__(self, identity: Identity, settings: NodeSettings, *, metrics: Optional[NodeMetrics] = None,
                  on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None,
                  save_hooks: Iterable[Callable[[dict], Any]] = (),
-                 restore_contacts: Iterable[tuple[str, int]] = (), database: Any = None) -> None:
+                 restore_contacts: Iterable[tuple[str, int]] = (), database: Any = None,
+                 dark_circuit_hops: int = 0) -> None:
+        if dark_circuit_hops and (dark_circuit_hops < 2 or not settings.relay):
+            raise ValueError("dark_circuit_hops needs at least 2 hops and an onion relay (settings.relay): "
+                             "the node builds the circuits with its relay")
         self.identity = identity
         self.settings = settings
         self.metrics = metrics or NodeMetrics()
@@ -260,6 +270,10 @@ class Node:
         """DHT contacts loaded by the persistence layer (``Node.start(..., restore_contacts=)``);
         bootstrapped from together with the configured nodes."""
         self.database = database
+        self.dark_circuit_hops = dark_circuit_hops
+        """0: the node's ``DarkClient`` talks to storage nodes over direct links; N >= 2:
+        through N-hop onion circuits ending at each storage node (needs ``settings.relay``).
+        Not yet a configuration file setting."""
         """A ``qudag_io.persist.NodeDatabase`` that keeps the dark descriptors this node
         stores for others (loaded and written through from start); None: memory only."""
         self.listener: Optional[Listener] = None
@@ -311,12 +325,10 @@ class Node:
         if self.database is not None:  # no await since the store was made: no put goes unsaved
             n = self.database.attach_descriptors(self.dark_server.store, self.dark_server.clock())
             log.info("restored %d dark descriptors stored for other nodes", n)
+        dark_directory = None
         if s.dark_directory:
-            directory = CertificateDirectory(s.dark_directory)
-            directory.register(self.certificate)
-            self.dark = DarkClient(self.dht, self.identity, directory, local=self.dark_server,
-                                   local_hosts=self.link_hosts)
-            self.meter_resolver(self.dark.resolver)
+            dark_directory = CertificateDirectory(s.dark_directory)
+            dark_directory.register(self.certificate)
         if boot:
             t = time.monotonic()
             try:
@@ -333,7 +345,14 @@ class Node:
                                                port=s.onion_listen[1])
             self.onion.register_service("echo", echo_service)
             self.onion.register_service("msg", self._message_service)
+            register_dark_service(self.onion, self.dark_server)
             self.meter_onion(self.onion)
+        if dark_directory is not None:
+            onion = OnionClient(self.onion) if self.dark_circuit_hops and self.onion is not None else None
+            self.dark = DarkClient(self.dht, self.identity, dark_directory, local=self.dark_server,
+                                   local_hosts=self.link_hosts, onion=onion,
+                                   hops=self.dark_circuit_hops if onion is not None else 3)
+            self.meter_resolver(self.dark.resolver)
         if s.http_enabled:
             if not _is_loopback(s.http_listen[0]):
                 log.warning("the status/metrics server listens on %s, not loopback: /status lists this "

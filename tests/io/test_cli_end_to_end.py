@@ -373,6 +373,8 @@ def test_testnet_nodes_on_their_own_slash24s_fill_their_tables(tmp_path):
     assert "dark publish: node 00: " in out and "descriptor puts accepted" in out
     assert f"dark resolve: by name via node {n - 1:02d}: node 00 at 127.1.0.1:" in out, out
     assert "dark message: acknowledged by node 00" in out
+    assert re.search(r"dark resolve through circuits: 3-hop circuits ending at [1-3] storage nodes, no storage node "
+                     r"saw this address: node 00 at 127\.1\.0\.1:", out), out
     # Node 00's dark storage links stay open, and their sources are node addresses.
     assert re.search(r"link sources: [1-9]\d* open inbound links, each from its node's own address", out), out
     assert out.count("/metrics") == n and out.rstrip().endswith("testnet: OK")
@@ -553,6 +555,14 @@ def test_send_to_a_dark_name_over_three_hops(nodes, tmp_path):
     name = r.stdout.strip()
     r = qudag("address", "publish", name, "--data-dir", exit_node.dir, passphrase=None)
     assert r.returncode == 0, r.stderr
+    # resolve through 3-hop circuits ending at each storage node (every relay here stores)
+    r = qudag("resolve", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark, "--hops", "3",
+              "--directory", directory, passphrase=None)
+    assert r.returncode == 0, r.stderr
+    assert f"-> node {exit_node.node_id} at " in r.stdout and "fetched through 3-hop onion circuits" in r.stdout
+    r = qudag("resolve", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark, "--hops", "1",
+              "--directory", directory, passphrase=None)
+    assert r.returncode != 0 and "at least 2" in r.stderr
     r = qudag("send", "--to", name, "--bootstrap", relays[0].udp(), "--dark-directory", dark,
               "--hops", "3", "--directory", directory, "anonymous hello", passphrase=None)
     assert r.returncode == 0, r.stderr
