@@ -203,11 +203,9 @@ DARK_SERVICE = "qudag-dark"
 
 
 def circuit_key(stream: OnionStream) -> str:
-    """A key naming the circuit ``stream`` arrived on at this exit: the node-local link
-    id and circuit id (``OnionStream`` has no public accessor for them; both are stable
-    for the circuit's life and never reused together while it lives)."""
-    owner = getattr(stream, "_owner", None)
-    return f"{getattr(owner, 'link_id', '?')}:{getattr(owner, 'circ_id', id(owner))}"
+    """A key naming the circuit ``stream`` arrived on at this exit
+    (``OnionStream.circuit_key``: node-local link id and circuit id)."""
+    return stream.circuit_key
 
 
 def register_dark_service(onion: OnionNode, server: DescriptorServer) -> None:

@@ -846,7 +846,9 @@ class OnionStream:
     ``send`` waits while the SENDME windows are closed; ``recv`` returns the next bytes
     as they arrived (one DATA cell's, or at a service a run of DATA cells from one link
     message, up to ~64 KB) and ``b""`` once the peer ended the stream; both raise
-    ``StreamClosed`` if the circuit died, carrying what was not acknowledged."""
+    ``StreamClosed`` if the circuit died, carrying what was not acknowledged, and once
+    this end called ``close()`` (there is no half-close: bytes already received are
+    still returned first, nothing arrives after)."""
 
     def __init__(self, owner: "_StreamOwner", stream_id: int) -> None:
         self._owner = owner
@@ -869,6 +871,18 @@ class OnionStream:
         self._pieces: deque[tuple[int, int]] = deque()
         self._head_acked = 0  # cells of _pieces[0] already acknowledged
         self.acked_bytes = 0
+
+    @property
+    def circuit_key(self) -> str:
+        """A node-local name of the circuit this stream runs on (at an exit: the link id
+        and circuit id it arrived on; at a client: its first link and circuit id).
+        Stable for the circuit's life, never reused while it lives; it names no peer."""
+        owner = self._owner
+        link_id = getattr(owner, "link_id", None)
+        if link_id is None:  # a client circuit: its first link
+            link = getattr(owner, "link", None)
+            link_id = link.id if link is not None else "?"
+        return f"{link_id}:{owner.circ_id}"
 
     # -- accounting --------------------------------------------------------------------
     @property
@@ -975,6 +989,8 @@ class OnionStream:
                 raise self._closed_error()
             if self._eof:
                 return b""
+            if self._closed_local:
+                raise StreamClosed("stream closed locally", unacked_bytes=0, unacked_messages=0, cause=None)
             self._rx_wait = loop.create_future()
             try:
                 await self._rx_wait
@@ -999,6 +1015,7 @@ class OnionStream:
             return
         self._closed_local = True
         self._owner.stream_close(self.stream_id)
+        self._wake_rx()  # a pending recv ends: nothing more is delivered to this end
 
 
 class _StreamOwner:

@@ -226,6 +226,33 @@ def test_service_sending_on_a_circuit_the_core_already_dropped_gets_stream_close
     assert "service handler failed" not in caplog.text
 
 
+def test_recv_after_local_close_raises_instead_of_hanging(run_loop):
+    """No half-close: once this end closed, a pending or later ``recv`` raises
+    ``StreamClosed`` (bytes received before are still returned first)."""
+
+    async def main():
+        net = await Net.start()
+        try:
+            net.relays[2].register_service("echo", _echo)
+            circ = await net.circuit()
+            st = await circ.open_stream(net.relays[2].node_id, "echo")
+            assert st.circuit_key == f"{circ.link.id}:{circ.circ_id}"
+            await st.send(b"ping")
+            assert await asyncio.wait_for(st.recv(), 10) == b"ping"
+            pending = asyncio.ensure_future(st.recv())
+            await asyncio.sleep(0)
+            await st.close()
+            with pytest.raises(StreamClosed):
+                await asyncio.wait_for(pending, 5)
+            with pytest.raises(StreamClosed):
+                await asyncio.wait_for(st.recv(), 5)
+            await circ.close()
+        finally:
+            await net.close()
+
+    run_loop(main, 60)
+
+
 def test_every_cell_on_the_links_is_cell_sized(run_loop):
     """For every relay payload length 0..998 (DROP cells to the exit) and every stream
     write length 1..998, every link message the middle relay receives or sends is a whole
