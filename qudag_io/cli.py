@@ -141,6 +141,7 @@ def _settings_from_args(args: argparse.Namespace) -> NodeSettings:
         ("onion", "listen"): args.onion_listen,
         ("onion", "directory"): args.onion_directory,
         ("dark", "directory"): args.dark_directory,
+        ("dark", "circuit_hops"): args.dark_circuit_hops,
         ("http", "listen"): args.metrics,
         ("http", "enabled"): False if args.no_http else None,
     }
@@ -1254,6 +1255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onion-directory", metavar="FILE", help="relay directory file (JSON list of hex certificates)")
     p.add_argument("--dark-directory", metavar="FILE",
                    help="dark storage directory (JSON list of hex link certificates); the node adds its own")
+    p.add_argument("--dark-circuit-hops", type=int, metavar="N",
+                   help="reach dark storage nodes through N-hop onion circuits (N >= 2, needs --relay; 0: direct)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="metrics/status HTTP address (default 127.0.0.1:0)")
     p.add_argument("--no-http", action="store_true", help="no metrics/status server")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

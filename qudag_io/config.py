@@ -55,6 +55,7 @@ REFERENCE: dict[tuple[str, str], tuple[type, Any, str]] = {
     ("onion", "listen"): (str, "127.0.0.1:0", "TCP address of the onion relay's link listener."),
     ("onion", "directory"): (str, "", "Relay directory file (JSON list of hex certificates), re-read when a relay is not in it."),
     ("dark", "directory"): (str, "", "Dark storage directory (JSON list of hex link certificates, DHT node id -> link); the node adds its own at start. Empty: it still stores other nodes' descriptors but cannot publish its own."),
+    ("dark", "circuit_hops"): (int, 0, "Fetch and store dark descriptors through onion circuits of this many hops (at least 2), each ending at the storage node, so storage nodes never see this node's address; needs [onion] relay = true. 0: direct links."),
     ("http", "listen"): (str, "127.0.0.1:0", "Metrics/status HTTP address; loopback by default (/status lists peers)."),
     ("http", "enabled"): (bool, True, "Serve /metrics, /status and /healthz."),
 }
@@ -76,6 +77,7 @@ class NodeSettings:
     onion_listen: tuple[str, int] = ("127.0.0.1", 0)
     onion_directory: str = ""
     dark_directory: str = ""
+    dark_circuit_hops: int = 0
     http_listen: tuple[str, int] = ("127.0.0.1", 0)
     http_enabled: bool = True
 
@@ -120,6 +122,10 @@ def _apply(settings: NodeSettings, section: str, key: str, value: Any, where: st
         settings.onion_directory = value
     elif (section, key) == ("dark", "directory"):
         settings.dark_directory = value
+    elif (section, key) == ("dark", "circuit_hops"):
+        if value != 0 and not 2 <= value <= 8:
+            raise ConfigError(f"{where}: [dark] circuit_hops must be 0 (direct links) or 2 to 8, got {value}")
+        settings.dark_circuit_hops = value
     elif (section, key) == ("http", "listen"):
         settings.http_listen = parse_hostport(value, what=f"{where}: [http] listen")
     elif (section, key) == ("http", "enabled"):
@@ -149,6 +155,9 @@ def load_config(path: Optional[str], overrides: Optional[dict[tuple[str, str], A
         if value is None:
             continue
         _apply(settings, section, key, _check_type(section, key, value, "command line"), "command line")
+    if settings.dark_circuit_hops and not settings.relay:
+        raise ConfigError("[dark] circuit_hops needs [onion] relay = true (or --relay): "
+                          "the node builds those circuits with its relay")
     return settings
 
 
@@ -182,7 +191,7 @@ def dump_toml(settings: NodeSettings) -> str:
         f"bootstrap_timeout = {settings.bootstrap_timeout!r}\n\n"
         f"[onion]\nrelay = {'true' if settings.relay else 'false'}\nlisten = {q(hp(settings.onion_listen))}\n"
         f"directory = {q(settings.onion_directory)}\n\n"
-        f"[dark]\ndirectory = {q(settings.dark_directory)}\n\n"
+        f"[dark]\ndirectory = {q(settings.dark_directory)}\ncircuit_hops = {settings.dark_circuit_hops}\n\n"
         f"[http]\nlisten = {q(hp(settings.http_listen))}\nenabled = {'true' if settings.http_enabled else 'false'}\n"
     )
 

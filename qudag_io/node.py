@@ -256,7 +256,9 @@ class Node:
                  on_message: Optional[Callable[[Optional[NodeId], bytes], Any]] = None,
                  save_hooks: Iterable[Callable[[dict], Any]] = (),
                  restore_contacts: Iterable[tuple[str, int]] = (), database: Any = None,
-                 dark_circuit_hops: int = 0) -> None:
+                 dark_circuit_hops: Optional[int] = None) -> None:
+        if dark_circuit_hops is None:
+            dark_circuit_hops = settings.dark_circuit_hops  # [dark] circuit_hops
         if dark_circuit_hops and (dark_circuit_hops < 2 or not settings.relay):
             raise ValueError("dark_circuit_hops needs at least 2 hops and an onion relay (settings.relay): "
                              "the node builds the circuits with its relay")

@@ -193,13 +193,27 @@ def test_reference_covers_every_key_and_dump_round_trips(tmp_path):
     s = NodeSettings(keystore='/a "quoted"\\path', passphrase_file="/p", data_dir="/d", log_level="warning",
                      link_listen=("::1", 1), dht_listen=("127.0.0.1", 2), bootstrap=[("::1", 3), ("1.2.3.4", 4)],
                      bootstrap_timeout=2.5, http_listen=("127.0.0.1", 5), http_enabled=False, relay=True,
-                     onion_listen=("127.0.0.1", 6), onion_directory="/dir.json")
+                     onion_listen=("127.0.0.1", 6), onion_directory="/dir.json", dark_circuit_hops=3)
     cfg = tmp_path / "rt.toml"
     cfg.write_text(dump_toml(s))
     assert load_config(str(cfg)) == s
     md = reference_markdown()
     for section, key in REFERENCE:
         assert f"`[{section}] {key}`" in md
+
+
+def test_dark_circuit_hops_is_checked(tmp_path):
+    """[dark] circuit_hops: 0 (direct) or 2..8, and only with a relay to build circuits."""
+    cfg = tmp_path / "c.toml"
+    for hops, relay, ok in [(0, False, True), (3, True, True), (1, True, False), (9, True, False),
+                            (-1, True, False), (3, False, False)]:
+        cfg.write_text(f"[onion]\nrelay = {'true' if relay else 'false'}\n[dark]\ncircuit_hops = {hops}\n")
+        if ok:
+            assert load_config(str(cfg)).dark_circuit_hops == hops
+        else:
+            with pytest.raises(ConfigError, match="circuit_hops"):
+                load_config(str(cfg))
+    assert load_config(None, {("onion", "relay"): True, ("dark", "circuit_hops"): 2}).dark_circuit_hops == 2
 
 
 @settings(max_examples=200, deadline=None)
