@@ -50,7 +50,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, Union
 
 from qudag_core.dark import (DarkAddress, DarkEndpoint, DescriptorStore, FetchDescriptors, Publisher,
                              PutStatus, Resolved, ResolveError, ResolveFailed, Resolver, parse_name)
@@ -333,36 +333,47 @@ class DarkClient:
         ids.sort(key=lambda nid: _distance(nid, index))
         return ids[:self.k]
 
-    async def _link(self, node_id: bytes) -> _Link:
-        lk = self._links.get(node_id)
-        if lk is not None and not lk.conn.is_closed:
-            self._links.move_to_end(node_id)
-            return lk
-        pending = self._connecting.get(node_id)
-        if pending is not None:  # another request is dialing this node: share its link
+    async def _once(self, inflight: dict, node_id: bytes, make: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """``await make()`` once per ``node_id`` at a time: concurrent callers share that
+        attempt's result or its error (a ``DarkError``; anything else ``make`` raises is
+        wrapped as ``DarkError(what: ...)``)."""
+        pending = inflight.get(node_id)
+        if pending is not None:  # another request is dialing/building for this node: share it
             return await asyncio.shield(pending)
-        pending = self._connecting[node_id] = asyncio.get_running_loop().create_future()
+        pending = inflight[node_id] = asyncio.get_running_loop().create_future()
         try:
-            cert = self.directory[node_id]
-            host, port = cert.addresses[0]
-            conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
-                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout,
-                                 local_addr=source_address(str(host), self.local_hosts))
+            value = await make()
         except BaseException as exc:
-            err = DarkError(f"cannot link to storage node: {exc!r}")
+            err = exc if isinstance(exc, DarkError) else DarkError(f"{what}: {exc!r}")
             pending.set_exception(err)
             pending.exception()  # retrieved; sharers re-raise it
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise err from None
         finally:
-            del self._connecting[node_id]
-        lk = self._links[node_id] = _Link(conn)
-        pending.set_result(lk)
-        while len(self._links) > self.max_links:
-            _, old = self._links.popitem(last=False)
-            old.conn.abort()
-        return lk
+            del inflight[node_id]
+        pending.set_result(value)
+        return value
+
+    async def _link(self, node_id: bytes) -> _Link:
+        lk = self._links.get(node_id)
+        if lk is not None and not lk.conn.is_closed:
+            self._links.move_to_end(node_id)
+            return lk
+
+        async def dial() -> _Link:
+            cert = self.directory[node_id]
+            host, port = cert.addresses[0]
+            conn = await connect(host, port, identity=self.identity, peer_certificate=cert,
+                                 expected_peer_id=cert.node_id, config=DARK_LINK_CONFIG, timeout=self.link_timeout,
+                                 local_addr=source_address(str(host), self.local_hosts))
+            new = self._links[node_id] = _Link(conn)
+            while len(self._links) > self.max_links:
+                _, old = self._links.popitem(last=False)
+                old.conn.abort()
+            return new
+
+        return await self._once(self._connecting, node_id, dial, "cannot link to storage node")
 
     def _discard(self, node_id: bytes, ch: "_Circ") -> None:
         """Take ``ch`` out of the pool and close it once the request on it (if any) is done."""
@@ -385,36 +396,26 @@ class DarkClient:
                 self._circs.move_to_end(node_id)
                 return ch
             self._discard(node_id, ch)
-        pending = self._building.get(node_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = self._building[node_id] = asyncio.get_running_loop().create_future()
-        circ = None
-        try:
+
+        async def build() -> _Circ:
             onion = self.onion
             assert onion is not None
             exit_id = bytes(self.directory[node_id].node_id)
             if onion.node.directory.get(exit_id) is None:
                 raise DarkError("storage node is not an onion relay in the directory; not asking it directly")
             circ = await onion.build_circuit(self.hops, exit=exit_id, timeout=self.link_timeout)
-            stream = await circ.open_stream(exit_id, DARK_SERVICE, timeout=self.link_timeout)
-        except BaseException as exc:
-            if circ is not None:
+            try:
+                stream = await circ.open_stream(exit_id, DARK_SERVICE, timeout=self.link_timeout)
+            except BaseException:
                 await circ.close()
-            err = exc if isinstance(exc, DarkError) else DarkError(f"no circuit to storage node: {exc!r}")
-            pending.set_exception(err)
-            pending.exception()  # retrieved; sharers re-raise it
-            if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise err from None
-        finally:
-            del self._building[node_id]
-        ch = self._circs[node_id] = _Circ(circ, stream)
-        pending.set_result(ch)
-        while len(self._circs) > self.max_links:
-            old_id, old = next(iter(self._circs.items()))
-            self._discard(old_id, old)
-        return ch
+            new = self._circs[node_id] = _Circ(circ, stream)
+            while len(self._circs) > self.max_links:
+                old_id, old = next(iter(self._circs.items()))
+                self._discard(old_id, old)
+            return new
+
+        return await self._once(self._building, node_id, build, "no circuit to storage node")
 
     async def _circuit_request(self, node_id: bytes, data: bytes) -> bytes:
         ch = await self._circ(node_id)
