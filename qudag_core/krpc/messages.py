@@ -752,6 +752,19 @@ _QUERIES = {
 }
 
 
+def _node_list(r: dict, key: bytes, step: int, tid: bytes, raw: bool) -> tuple:
+    """``(parsed, None)`` or, with ``raw``, ``(None, checked compact bytes)`` for the node
+    list under ``key`` (``(None, None)`` when absent)."""
+    data = _get_bytes(r, key, tid, 0, MESSAGE_MAX_SIZE, required=False)
+    if data is None:
+        return None, None
+    what = key.decode()
+    if raw:
+        _check_nodes(data, step, tid, what)
+        return None, data
+    return _parse_nodes(data, step, tid, what), None
+
+
 def _parse_response(common: dict, msg: dict, tid: bytes) -> Response:
     return _response(common, msg, tid, False)[0]
 
@@ -762,21 +775,9 @@ def _response(common: dict, msg: dict, tid: bytes, raw_nodes: bool) -> tuple:
     absent) and left unset in the response; otherwise they are parsed into it."""
     r = _get_dict(msg, b"r", tid)
     node_id = _get_bytes(r, b"id", tid, ID_LEN, ID_LEN)
-    nodes = nodes6 = values = None
-    raw4 = _get_bytes(r, b"nodes", tid, 0, MESSAGE_MAX_SIZE, required=False)
-    if raw4 is not None:
-        if raw_nodes:
-            _check_nodes(raw4, 26, tid, "nodes")
-        else:
-            nodes = _parse_nodes(raw4, 26, tid, "nodes")
-            raw4 = None
-    raw6 = _get_bytes(r, b"nodes6", tid, 0, MESSAGE_MAX_SIZE, required=False)
-    if raw6 is not None:
-        if raw_nodes:
-            _check_nodes(raw6, 38, tid, "nodes6")
-        else:
-            nodes6 = _parse_nodes(raw6, 38, tid, "nodes6")
-            raw6 = None
+    values = None
+    nodes, raw4 = _node_list(r, b"nodes", 26, tid, raw_nodes)
+    nodes6, raw6 = _node_list(r, b"nodes6", 38, tid, raw_nodes)
     vals = r.get(b"values")
     if vals is not None:
         if type(vals) is not list:
