@@ -50,26 +50,10 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # The per-datagram path, inlined (two Python frames less than going through
-        # _process/_transmit): receive, then events only if there are any, send what
-        # is queued, and re-arm the timer only for an earlier deadline.
         o = self.owner
         now = o._time()
-        core = o.core
-        core.receive_datagram(data, addr, now)
-        events = core.pop_events()
-        if events:
-            o._dispatch(events)
-        if o._closed or o._transport is None:
-            return
-        out = core.datagrams_to_send(now)
-        if out:
-            sendto = o._transport.sendto
-            for d, a in out:
-                sendto(d, a)
-        t = core.get_timer()
-        if t is not None and (o._timer_at is None or t < o._timer_at):
-            o._arm(t)
+        o.core.receive_datagram(data, addr, now)
+        o._process(now)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.: queries time out
         pass
